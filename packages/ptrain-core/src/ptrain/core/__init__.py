@@ -1,0 +1,1 @@
+"""ptrain.core: shared distributed-training primitives (filled in by the foundation issue)."""
