@@ -1,0 +1,121 @@
+"""A tour of ptrain: one short step per package, each doing that package's main job.
+
+    nox -s demo               # installs every package, then runs this file
+    python examples/tour.py   # with the packages already installed
+
+Each step prints what it did. A step whose package is not installed is skipped with a note, so
+the tour also runs when only some packages are installed. The whole tour must stay under three
+minutes on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from collections.abc import Callable
+
+STEPS: list[tuple[str, str, Callable[[], None]]] = []
+
+
+def step(package: str, module: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
+    """Register a tour step for ``package`` (skipped when ``module`` is not importable)."""
+
+    def register(function: Callable[[], None]) -> Callable[[], None]:
+        STEPS.append((package, module, function))
+        return function
+
+    return register
+
+
+# --------------------------------------------------------------------------- ptrain-core
+def _core_data_parallel_rank(rank: int, world_size: int, steps: int) -> dict[str, object]:
+    """One rank of a data-parallel LAMB run: shard the batch, average grads, step."""
+    import torch
+
+    from ptrain.core import comm
+    from ptrain.core.optim import LAMB, warmup_cosine_schedule
+
+    torch.manual_seed(0)  # same initial model on every rank
+    model = torch.nn.Sequential(
+        torch.nn.Linear(16, 64), torch.nn.GELU(), torch.nn.Linear(64, 64), torch.nn.GELU(),
+        torch.nn.Linear(64, 1),
+    )  # fmt: skip
+    teacher = torch.nn.Linear(16, 1)
+    optimizer = LAMB(model.parameters(), lr=2e-2, weight_decay=1e-2)
+    schedule = warmup_cosine_schedule(optimizer, warmup_steps=5, total_steps=steps)
+    generator = torch.Generator().manual_seed(1234)
+    losses = []
+    with comm.CommTracker() as tracker:
+        for _ in range(steps):
+            inputs = torch.randn(64, 16, generator=generator)  # the global batch
+            with torch.no_grad():
+                targets = torch.sin(3 * teacher(inputs)) + 0.1 * inputs[:, :1]
+            local_inputs = inputs.chunk(world_size)[rank]
+            local_targets = targets.chunk(world_size)[rank]
+            loss = torch.nn.functional.mse_loss(model(local_inputs), local_targets)
+            optimizer.zero_grad()
+            loss.backward()
+            grads = [p.grad for p in model.parameters()]
+            flat = comm.all_reduce(torch.cat([g.reshape(-1) for g in grads]), op="avg")
+            for grad, averaged in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+                grad.copy_(averaged.view_as(grad))
+            optimizer.step()
+            schedule.step()
+            global_loss = comm.all_reduce(loss.detach(), op="avg")
+            losses.append(float(global_loss))
+    return {"losses": losses, "bytes": tracker.as_dict()["all_reduce"]}
+
+
+@step("ptrain-core", "ptrain.core")
+def core_step() -> None:
+    """2-rank data-parallel training of a small MLP with LAMB through the fork harness."""
+    from ptrain.core.testing import run_distributed
+
+    steps = 60
+    results = run_distributed(_core_data_parallel_rank, 2, steps, timeout=120)
+    losses = results[0]["losses"]
+    assert losses == results[1]["losses"], "data-parallel ranks disagree"
+    for index in [0, 9, 19, 29, 39, 49, steps - 1]:
+        print(f"  step {index + 1:>3}  loss {losses[index]:.4f}")
+    traffic = results[0]["bytes"]
+    print(
+        f"  2 ranks x {steps} steps: {traffic['calls']} all-reduces, "
+        f"{traffic['bytes_sent'] / 1e6:.2f} MB sent per rank (logical, ring model)"
+    )
+    if not losses[-1] < 0.5 * losses[0]:
+        raise SystemExit(f"ptrain-core: loss did not fall ({losses[0]:.4f} -> {losses[-1]:.4f})")
+    print(f"  loss fell {losses[0]:.4f} -> {losses[-1]:.4f}")
+
+
+# --------------------------------------------------------------------------- driver
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", help="run only these packages' steps")
+    args = parser.parse_args(argv)
+    failures = 0
+    tour_start = time.monotonic()
+    for package, module, function in STEPS:
+        if args.only and package not in args.only:
+            continue
+        if importlib.util.find_spec(module.split(".")[0]) is None or (
+            "." in module and importlib.util.find_spec(module) is None
+        ):
+            print(f"[{package}] skipped: {module} is not installed")
+            continue
+        print(f"[{package}] {function.__doc__}")
+        start = time.monotonic()
+        try:
+            function()
+        except SystemExit as error:
+            print(f"[{package}] FAILED: {error}", file=sys.stderr)
+            failures += 1
+            continue
+        print(f"[{package}] done in {time.monotonic() - start:.1f} s")
+    print(f"tour finished in {time.monotonic() - tour_start:.1f} s, {failures} step(s) failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
