@@ -93,7 +93,7 @@ def _unpicklable_error(rank: int, world_size: int) -> int:
 
 
 def test_an_unpicklable_exception_becomes_rank_failed_error() -> None:
-    with pytest.raises(RankFailedError, match="rank 0 failed with .*local failure"):
+    with pytest.raises(RankFailedError, match=r"rank 0 failed with .*local failure"):
         run_distributed(_unpicklable_error, 1, timeout=30)
 
 

@@ -21,6 +21,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import io
 import multiprocessing as mp
@@ -84,10 +85,8 @@ def _preimport_distributed_modules() -> None:
         "torch.distributed.fsdp",
         "torch.distributed.nn.functional",
     ):
-        try:
+        with contextlib.suppress(ImportError):  # older torch may lack one of these
             importlib.import_module(name)
-        except ImportError:  # pragma: no cover - older torch without one of these
-            pass
     _PREIMPORTED = True
 
 
@@ -142,10 +141,8 @@ def _child_main(
         results.put((rank, "error", (pickled, repr(exc), remote_traceback)))
         return
     results.put((rank, "ok", payload))
-    try:
+    with contextlib.suppress(Exception):  # best-effort cleanup
         dist.destroy_process_group()
-    except Exception:  # pragma: no cover - best effort cleanup
-        pass
 
 
 def _stack_dump(rendezvous_dir: str, rank: int) -> str:
@@ -279,10 +276,8 @@ def _raise_timeout(
     for rank in hung:
         pid = processes[rank].pid
         if pid is not None and processes[rank].is_alive():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGUSR1)
-            except ProcessLookupError:
-                pass
     time.sleep(0.3)  # let faulthandler write the stacks
     stacks = []
     for rank in hung:
