@@ -31,7 +31,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from tqdm import tqdm
 
@@ -45,7 +45,13 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-MainFunction = Callable[[list[str] | None], int]
+
+
+class MainFunction(Protocol):
+    """A CLI entry point: ``main(argv=None) -> int``."""
+
+    def __call__(self, argv: list[str] | None = None, /) -> int: ...
+
 
 DEBUG_ENV = "PTRAIN_DEBUG"
 """Set to ``1`` to re-raise user errors with their traceback instead of printing one line."""
@@ -105,7 +111,7 @@ def cli_entry(prog: str) -> Callable[[MainFunction], MainFunction]:
 
     def decorate(main: MainFunction) -> MainFunction:
         @functools.wraps(main)
-        def wrapper(argv: list[str] | None = None) -> int:
+        def wrapper(argv: list[str] | None = None, /) -> int:
             try:
                 code = main(argv)
             except SystemExit as exit_request:

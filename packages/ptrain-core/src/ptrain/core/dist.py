@@ -281,7 +281,7 @@ class ParallelDims:
         world = init_device_mesh(device_type, self.shape, mesh_dim_names=MESH_DIM_NAMES)
         self._world_mesh = world
         self._flat_meshes = {
-            name: world[parts]._flatten(name)  # type: ignore[index]
+            name: world[parts]._flatten(name)
             for name, parts in FLATTENED_DIMS.items()
         }
         ranks = torch.arange(self.world_size).reshape(

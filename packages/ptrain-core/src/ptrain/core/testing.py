@@ -133,8 +133,9 @@ def _child_main(
         payload = _serialise(value)
     except BaseException as exc:  # report every failure, including SystemExit/KeyboardInterrupt
         remote_traceback = traceback.format_exc()
+        pickled: bytes | None
         try:
-            pickled: bytes | None = pickle.dumps(exc)
+            pickled = pickle.dumps(exc)
             pickle.loads(pickled)
         except Exception:
             pickled = None
@@ -187,7 +188,7 @@ def run_distributed(
             f"PTRAIN_START_METHOD must be fork, spawn or forkserver, got {start_method!r}"
         )
     _preimport_distributed_modules()
-    context = mp.get_context(start_method)
+    context: Any = mp.get_context(start_method)
     rendezvous_dir = tempfile.mkdtemp(prefix="ptrain-rdzv-")
     results = context.Queue()
     processes = [
