@@ -281,8 +281,7 @@ class ParallelDims:
         world = init_device_mesh(device_type, self.shape, mesh_dim_names=MESH_DIM_NAMES)
         self._world_mesh = world
         self._flat_meshes = {
-            name: world[parts]._flatten(name)
-            for name, parts in FLATTENED_DIMS.items()
+            name: world[parts]._flatten(name) for name, parts in FLATTENED_DIMS.items()
         }
         ranks = torch.arange(self.world_size).reshape(
             self.pp, self.dp_replicate, self.size("dp_shard_mod_ep"), self.ep, self.tp

@@ -38,7 +38,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -221,6 +221,11 @@ def _trust_ratios(
     return torch.where(valid, raw_ratios, torch.ones_like(raw_ratios))
 
 
+def _grads_of(params: list[Tensor]) -> list[Tensor]:
+    """The gradients of parameters already filtered by ``_params_with_grads`` (never None)."""
+    return [cast(Tensor, param.grad) for param in params]
+
+
 def _params_with_grads(optimizer_name: str, group: dict[str, Any]) -> list[Tensor]:
     params = []
     for param in group["params"]:
@@ -365,7 +370,7 @@ class LAMB(_ProcessGroupAwareOptimizer):
         _validate_lamb(hparams, context)
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """Take one optimisation step.
 
         Args:
@@ -398,7 +403,7 @@ class LAMB(_ProcessGroupAwareOptimizer):
         local_norms: list[Tensor] = []
         for indices in buckets:
             xs = [params[i] for i in indices]
-            grads = [x.grad for x in xs]
+            grads = _grads_of(xs)
             ms, vs, steps = self._state_lists(xs)
 
             torch._foreach_add_(steps, 1.0)
@@ -408,7 +413,7 @@ class LAMB(_ProcessGroupAwareOptimizer):
 
             # u = m̂/(√v̂ + eps) computed as m / (c₁·√v + c₂) with the bias corrections folded
             # into the per-tensor scalars c₁ = bc₁/√bc₂ and c₂ = eps·bc₁ (no extra pass).
-            denominators = torch._foreach_sqrt(vs)
+            denominators = list(torch._foreach_sqrt(vs))
             if group["bias_correction"]:
                 counts = [float(step) for step in steps]
                 bc1 = [1.0 - beta1**t for t in counts]
@@ -557,7 +562,7 @@ class LARS(_ProcessGroupAwareOptimizer):
         _validate_lars(hparams, context)
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """Take one optimisation step.
 
         Args:
@@ -591,7 +596,7 @@ class LARS(_ProcessGroupAwareOptimizer):
         if adaptive:
             for indices in buckets:
                 ws = [params[i] for i in indices]
-                grads = [w.grad for w in ws]
+                grads = _grads_of(ws)
                 local_norms.append(
                     torch.stack(torch._foreach_norm(ws) + torch._foreach_norm(grads))
                 )
@@ -599,7 +604,7 @@ class LARS(_ProcessGroupAwareOptimizer):
 
         for bucket_index, indices in enumerate(buckets):
             ws = [params[i] for i in indices]
-            grads = [w.grad for w in ws]
+            grads = _grads_of(ws)
             bufs = []
             for w in ws:
                 state = self.state[w]
