@@ -29,6 +29,7 @@ reduce-scatter with an all-reduce and would report twice the bytes.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -348,12 +349,16 @@ def _raw_all_to_all(
     rank = dist.get_rank(pg)
     tensor = tensor.contiguous()
     output = tensor.new_empty((sum(output_splits), *tensor.shape[1:]))
+    even = len(set(input_splits)) == 1 and input_splits == output_splits
+    # Even splits go through the backend's plain all-to-all (gloo's alltoallv path is slower).
     dist.all_to_all_single(
-        output, tensor, output_split_sizes=output_splits, input_split_sizes=input_splits, group=pg
+        output,
+        tensor,
+        output_split_sizes=None if even else output_splits,
+        input_split_sizes=None if even else input_splits,
+        group=pg,
     )
-    row_bytes = _nbytes(tensor[:1]) if tensor.shape[0] else 0
-    if row_bytes == 0 and output.shape[0]:
-        row_bytes = _nbytes(output[:1])
+    row_bytes = tensor.element_size() * math.prod(tensor.shape[1:])
     sent = sum(count for peer, count in enumerate(input_splits) if peer != rank) * row_bytes
     received = sum(count for peer, count in enumerate(output_splits) if peer != rank) * row_bytes
     _record("all_to_all", label, size, tensor, sent, received, phase)
@@ -550,6 +555,11 @@ def _prepare(group: GroupLike) -> tuple[dist.ProcessGroup | None, str]:
     return pg, _group_label(group, pg)
 
 
+def _needs_grad(tensor: torch.Tensor) -> bool:
+    # Without autograd the Function machinery is pure overhead (~20 µs a call): skip it.
+    return tensor.requires_grad and torch.is_grad_enabled()
+
+
 def _normalise_dim(tensor: torch.Tensor, dim: int) -> int:
     if not -tensor.ndim <= dim < max(tensor.ndim, 1):
         raise ValueError(f"dim {dim} is out of range for a tensor of shape {tuple(tensor.shape)}")
@@ -571,7 +581,10 @@ def all_gather(tensor: torch.Tensor, dim: int = 0, group: GroupLike = None) -> t
         Shape ``(..., n·s, ...)`` for a group of ``n`` ranks.
     """
     pg, label = _prepare(group)
-    return _AllGather.apply(tensor, _normalise_dim(tensor, dim), pg, label)
+    dim = _normalise_dim(tensor, dim)
+    if not _needs_grad(tensor):
+        return _raw_all_gather(tensor, dim, pg, label, "forward")
+    return _AllGather.apply(tensor, dim, pg, label)
 
 
 def reduce_scatter(tensor: torch.Tensor, dim: int = 0, group: GroupLike = None) -> torch.Tensor:
@@ -586,7 +599,10 @@ def reduce_scatter(tensor: torch.Tensor, dim: int = 0, group: GroupLike = None) 
         Shape ``(..., s, ...)``: chunk ``rank`` of the sum. Backward is an all-gather.
     """
     pg, label = _prepare(group)
-    return _ReduceScatter.apply(tensor, _normalise_dim(tensor, dim), pg, label)
+    dim = _normalise_dim(tensor, dim)
+    if not _needs_grad(tensor):
+        return _raw_reduce_scatter(tensor, dim, pg, label, "forward")
+    return _ReduceScatter.apply(tensor, dim, pg, label)
 
 
 def all_reduce(
@@ -610,9 +626,10 @@ def all_reduce(
     if op not in ("sum", "avg", "max", "min"):
         raise ValueError(f"op must be 'sum', 'avg', 'max' or 'min', got {op!r}")
     pg, label = _prepare(group)
+    if not _needs_grad(tensor):
+        return _raw_all_reduce(tensor, op, pg, label, "forward")
     if op in ("max", "min"):
-        with torch.no_grad():
-            return _raw_all_reduce(tensor.detach(), op, pg, label, "forward")
+        return _raw_all_reduce(tensor.detach(), op, pg, label, "forward")
     return _AllReduce.apply(tensor, op, pg, label)
 
 
@@ -665,6 +682,8 @@ def all_to_all(
             raise ValueError(
                 f"all_to_all: output_split_sizes {output_splits} must have {size} entries"
             )
+    if not _needs_grad(tensor):
+        return _raw_all_to_all(tensor, output_splits, input_splits, pg, label, "forward")
     return _AllToAll.apply(tensor, output_splits, input_splits, pg, label)
 
 
@@ -695,6 +714,8 @@ def broadcast(tensor: torch.Tensor, src: int = 0, group: GroupLike = None) -> to
         A new tensor holding ``src``'s values.
     """
     pg, label = _prepare(group)
+    if not _needs_grad(tensor):
+        return _raw_broadcast(tensor, int(src), pg, label, "forward")
     return _Broadcast.apply(tensor, int(src), pg, label)
 
 
