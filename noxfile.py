@@ -122,6 +122,27 @@ def _install_packages(session: nox.Session, names: list[str], *extra: str) -> No
     session.install(*(str(PACKAGES[name]["path"]) for name in names), *extra)
 
 
+def _pytest(
+    session: nox.Session,
+    paths: list[Path],
+    arguments: list[str] | None = None,
+    success_codes: list[int] | None = None,
+) -> None:
+    """pytest with the root configuration; by default deselects `slow` and `gpu` tests."""
+    if arguments is None:
+        arguments = session.posargs or ["-m", "not slow and not gpu"]
+    session.run(
+        "pytest",
+        "-c",
+        str(ROOT / "pyproject.toml"),
+        "--rootdir",
+        str(ROOT),
+        *(str(path) for path in paths),
+        *arguments,
+        success_codes=success_codes or [0],
+    )
+
+
 class _Timer:
     def __init__(self, session: nox.Session) -> None:
         self.session = session
@@ -150,16 +171,7 @@ def tests(session: nox.Session, pkg: str) -> None:
     """One package's tests, alone, in a fresh environment (extra args go to pytest)."""
     with _Timer(session):
         _install_packages(session, _sibling_closure(pkg), *TEST_REQUIREMENTS)
-        arguments = session.posargs or ["-m", "not slow and not gpu"]
-        session.run(
-            "pytest",
-            "-c",
-            str(ROOT / "pyproject.toml"),
-            "--rootdir",
-            str(ROOT),
-            str(PACKAGES[pkg]["path"] / "tests"),
-            *arguments,
-        )
+        _pytest(session, [PACKAGES[pkg]["path"] / "tests"])
 
 
 @nox.session
@@ -167,16 +179,7 @@ def integration(session: nox.Session) -> None:
     """Every package installed together: cross-package tests and every console script."""
     with _Timer(session):
         _install_packages(session, list(PACKAGES), *TEST_REQUIREMENTS)
-        arguments = session.posargs or ["-m", "not slow and not gpu"]
-        session.run(
-            "pytest",
-            "-c",
-            str(ROOT / "pyproject.toml"),
-            "--rootdir",
-            str(ROOT),
-            str(ROOT / "tests" / "integration"),
-            *arguments,
-        )
+        _pytest(session, [ROOT / "tests" / "integration"])
         for name in PACKAGES:
             for script in PACKAGES[name]["scripts"]:
                 session.run(script, "--help", silent=True)
@@ -256,16 +259,6 @@ def gpu(session: nox.Session) -> None:
         output = session.run("python", "-c", probe, silent=True) or ""
         if "True" not in str(output):
             session.skip("CUDA is not available")
-        test_dirs = [str(PACKAGES[name]["path"] / "tests") for name in PACKAGES]
-        session.run(
-            "pytest",
-            "-c",
-            str(ROOT / "pyproject.toml"),
-            "--rootdir",
-            str(ROOT),
-            *test_dirs,
-            "-m",
-            "gpu",
-            *session.posargs,
-            success_codes=[0, 5],  # 5: no test is marked gpu yet
-        )
+        test_dirs = [PACKAGES[name]["path"] / "tests" for name in PACKAGES]
+        # exit code 5: no test is marked gpu (yet)
+        _pytest(session, test_dirs, ["-m", "gpu", *session.posargs], success_codes=[0, 5])

@@ -17,6 +17,7 @@ Python per call (measured on a 1-rank group), which is why the sizes start at 25
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -66,7 +67,9 @@ def _cases(numel: int, world_size: int) -> dict[str, tuple[Any, Any]]:
         return torch.cat(distributed_nn.all_gather(xg))
 
     def torch_nn_all_to_all() -> torch.Tensor:
-        return distributed_nn.all_to_all_single(torch.empty_like(xg), xg)
+        with warnings.catch_warnings():  # deprecated in 2.13, still torch's differentiable op
+            warnings.simplefilter("ignore", FutureWarning)
+            return distributed_nn.all_to_all_single(torch.empty_like(xg), xg)
 
     return {
         "all_reduce_autograd": (lambda: comm.all_reduce(xg), torch_nn_all_reduce),

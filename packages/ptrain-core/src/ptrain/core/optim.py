@@ -246,6 +246,27 @@ class _ProcessGroupAwareOptimizer(torch.optim.Optimizer):
     def _validate(self, hparams: dict[str, Any], context: str) -> None:  # pragma: no cover
         raise NotImplementedError
 
+    def _step_group(self, group: dict[str, Any]) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Take one optimisation step.
+
+        Args:
+            closure: optional callable that re-evaluates the model and returns the loss.
+
+        Returns:
+            The closure's loss, or None.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._step_group(group)
+        return loss
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Validate the merged hyperparameters of ``param_group``, then add it.
 
@@ -368,24 +389,6 @@ class LAMB(_ProcessGroupAwareOptimizer):
 
     def _validate(self, hparams: dict[str, Any], context: str) -> None:
         _validate_lamb(hparams, context)
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """Take one optimisation step.
-
-        Args:
-            closure: optional callable that re-evaluates the model and returns the loss.
-
-        Returns:
-            The closure's loss, or None.
-        """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            self._step_group(group)
-        return loss
 
     def _step_group(self, group: dict[str, Any]) -> None:
         params = _params_with_grads("LAMB", group)
@@ -560,24 +563,6 @@ class LARS(_ProcessGroupAwareOptimizer):
 
     def _validate(self, hparams: dict[str, Any], context: str) -> None:
         _validate_lars(hparams, context)
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """Take one optimisation step.
-
-        Args:
-            closure: optional callable that re-evaluates the model and returns the loss.
-
-        Returns:
-            The closure's loss, or None.
-        """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            self._step_group(group)
-        return loss
 
     def _step_group(self, group: dict[str, Any]) -> None:
         params = _params_with_grads("LARS", group)
