@@ -1,0 +1,5 @@
+"""``python -m keypointnet`` runs the ``keypointnet`` command."""
+
+from keypointnet.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,390 @@
+"""The ``keypointnet`` command: stats, synth, train, predict, eval, project.
+
+Thin: every subcommand parses its flags, calls the library, prints a short human summary and
+writes ``--json PATH`` when asked. Bad input ends in one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from keypointnet.data import CATEGORY_TO_SYNSET, SYNSET_TO_CATEGORY, ModelAnnotation
+from ptrain.core.cli import (
+    UserError,
+    add_json_argument,
+    add_version_argument,
+    cli_entry,
+    write_json,
+)
+
+PROG = "keypointnet"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _category(text: str) -> str:
+    if text in CATEGORY_TO_SYNSET:
+        return text
+    if text in SYNSET_TO_CATEGORY:
+        return SYNSET_TO_CATEGORY[text]
+    raise argparse.ArgumentTypeError(
+        f"unknown category {text!r}; expected one of {', '.join(sorted(CATEGORY_TO_SYNSET))} "
+        f"or a synset id"
+    )
+
+
+# --------------------------------------------------------------------------- stats
+def annotation_stats(models: list[ModelAnnotation]) -> dict[str, Any]:
+    """The ``stats`` contract: models, keypoints, per-semantic-id and per-category counts."""
+    semantic_ids = Counter(kp.semantic_id for model in models for kp in model.keypoints)
+    categories = Counter(model.class_id for model in models)
+    return {
+        "models": len(models),
+        "keypoints": sum(len(model.keypoints) for model in models),
+        "semantic_ids": {str(key): semantic_ids[key] for key in sorted(semantic_ids)},
+        "categories": {key: categories[key] for key in sorted(categories)},
+    }
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    from keypointnet.data import read_annotations
+
+    models = read_annotations(args.annotations)
+    stats = annotation_stats(models)
+    per_model = Counter(len(model.keypoints) for model in models)
+    reflections = sum(len(model.symmetries.reflection) for model in models)
+    rotations = sum(len(model.symmetries.rotation) for model in models)
+    print(f"{args.annotations}: {stats['models']} models, {stats['keypoints']} keypoints")
+    for synset, count in stats["categories"].items():
+        print(f"  category {synset} ({SYNSET_TO_CATEGORY.get(synset, 'unknown')}): {count} models")
+    print(
+        "  keypoints per model: "
+        + ", ".join(f"{size}: {count}" for size, count in sorted(per_model.items()))
+    )
+    print(
+        "  keypoints per semantic id: "
+        + ", ".join(f"{key}: {count}" for key, count in stats["semantic_ids"].items())
+    )
+    print(f"  symmetry groups: {reflections} reflection, {rotations} rotation")
+    if args.json:
+        write_json(args.json, stats)
+    return 0
+
+
+# --------------------------------------------------------------------------- synth
+def _run_synth(args: argparse.Namespace) -> int:
+    from keypointnet.synth import synthesize
+
+    models = synthesize(args.category, args.n, args.seed, args.out, num_points=args.num_points)
+    synset = CATEGORY_TO_SYNSET[args.category]
+    print(
+        f"wrote {len(models)} synthetic {args.category} models "
+        f"({sum(len(m.keypoints) for m in models)} keypoints) to {args.out}: "
+        f"annotations/{args.category}.json, pcds/{synset}/*.pcd, "
+        f"ShapeNetCore.v2.ply/{synset}/*.ply, splits/*.txt"
+    )
+    if args.json:
+        write_json(
+            args.json,
+            {
+                "category": args.category,
+                "synset": synset,
+                "models": [model.model_id for model in models],
+                "keypoints": sum(len(m.keypoints) for m in models),
+                "out": str(args.out),
+            },
+        )
+    return 0
+
+
+# --------------------------------------------------------------------------- train / predict
+def _run_train(args: argparse.Namespace) -> int:
+    from keypointnet.train import TrainConfig, train
+
+    try:
+        config = TrainConfig(
+            data_dir=args.data,
+            category=args.category,
+            task=args.task,
+            model=args.model,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            out_dir=args.out,
+            resume=args.resume,
+            num_points=args.num_points,
+            max_models=args.max_models,
+        )
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    result = train(config)
+    _print_metrics(result)
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+def _print_metrics(result: dict[str, Any]) -> None:
+    for name in ("saliency_miou", "saliency_map", "pck", "prior_pck"):
+        values = result.get(name)
+        if isinstance(values, dict) and values:
+            shown = ", ".join(f"{key}: {value:.3f}" for key, value in values.items() if key in
+                              ("0.00", "0.01", "0.05", "0.10"))  # fmt: skip
+            print(f"  {name}: {shown}")
+    for key, value in result.items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from keypointnet.data import write_annotations
+    from keypointnet.train import load_trained, predict_annotations
+
+    model, task, meta = load_trained(args.checkpoint)
+    predictions = predict_annotations(
+        model, args.data, task, category=args.category or meta.get("category"), split=args.split
+    )
+    write_annotations(args.out, predictions)
+    print(f"wrote {len(predictions)} predicted models ({task}) to {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- eval
+def _load_points_for(models: list[ModelAnnotation], pcd_dir: Path) -> dict[str, Any]:
+    from keypointnet.data import read_pcd
+
+    points = {}
+    for model in models:
+        path = pcd_dir / model.class_id / f"{model.model_id}.pcd"
+        if not path.is_file():
+            raise UserError(
+                f"{path}: no point cloud for model {model.key} (--pcd-dir must hold "
+                f"<synset>/<model_id>.pcd files, as KeypointNet's pcds/ folder)"
+            )
+        points[model.key] = read_pcd(path).points
+    return points
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from keypointnet.data import read_annotations
+    from keypointnet.metrics import evaluate_annotations
+
+    gt = read_annotations(args.gt)
+    pred = read_annotations(args.pred)
+    points = _load_points_for(gt, Path(args.pcd_dir))
+    try:
+        result = evaluate_annotations(gt, pred, points, k=args.k)
+    except ValueError as error:
+        raise UserError(f"{args.pred}: {error}") from None
+    print(f"{len(gt)} ground-truth models, {len(pred)} predicted; k={args.k} geodesics")
+    header = "threshold  " + "  ".join(f"{key:>5}" for key in result["pck"])
+    print(header)
+    for name in ("saliency_miou", "saliency_map", "pck"):
+        print(f"{name:<10} " + "  ".join(f"{value:5.3f}" for value in result[name].values()))
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+# --------------------------------------------------------------------------- project
+def _run_project(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from keypointnet.data import KeypointNetDirectory, read_annotations
+    from keypointnet.projection import (
+        look_at_camera,
+        plot_projection,
+        project_keypoints,
+        render_shaded,
+    )
+
+    directory = KeypointNetDirectory(args.data)
+    models = directory.models(args.category)
+    if not models:
+        raise UserError(f"{args.data}: no {args.category} models")
+    if args.model_id is None:
+        model = models[0]
+    else:
+        matches = [m for m in models if m.model_id == args.model_id]
+        if not matches:
+            raise UserError(f"{args.data}: no {args.category} model with id {args.model_id!r}")
+        model = matches[0]
+    mesh = directory.load_mesh(model)
+    source = model
+    if args.pred:
+        predicted = {m.key: m for m in read_annotations(args.pred)}
+        if model.key not in predicted:
+            raise UserError(f"{args.pred}: no prediction for model {model.key}")
+        source = predicted[model.key]
+    xyz = np.array([kp.xyz for kp in source.keypoints], dtype=np.float64).reshape(-1, 3)
+    camera = look_at_camera(
+        math.radians(args.azimuth),
+        math.radians(args.elevation),
+        args.distance,
+        width=args.size,
+    )
+    cloud = directory.load_points(model).points if args.method != "mesh" else None
+    projected = project_keypoints(
+        camera, xyz, mesh=(mesh.vertices, mesh.faces), cloud=cloud, method=args.method
+    )
+    result = {
+        "model": model.key,
+        "source": "prediction" if args.pred else "ground truth",
+        "camera": {
+            "azimuth_degrees": args.azimuth,
+            "elevation_degrees": args.elevation,
+            "distance": args.distance,
+            "size": args.size,
+        },
+        "method": args.method,
+        "keypoints": [
+            {
+                "semantic_id": kp.semantic_id,
+                "uv": [float(u), float(v)],
+                "depth": float(depth),
+                "visible": bool(visible),
+            }
+            for kp, (u, v), depth, visible in zip(
+                source.keypoints, projected.uv, projected.depth, projected.visible, strict=True
+            )
+        ],
+    }
+    visible = int(np.count_nonzero(projected.visible))
+    print(f"{model.key}: {len(xyz)} keypoints projected, {visible} visible ({args.method})")
+    if args.plot:
+        image = render_shaded(camera, mesh.vertices, mesh.faces)
+        labels = [str(kp.semantic_id) for kp in source.keypoints]
+        plot_projection(
+            args.plot, image, projected.uv, projected.visible, labels=labels, title=model.key
+        )
+        print(f"wrote {args.plot}")
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``keypointnet`` command."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="KeypointNet tools: dataset statistics, synthetic shapes, keypoint models, "
+        "benchmark metrics and 3D-to-2D keypoint projection.",
+    )
+    add_version_argument(parser, "keypointnet")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    stats = commands.add_parser("stats", help="count models, keypoints, semantic ids")
+    stats.add_argument("annotations", type=Path, help="a category annotation JSON file")
+    add_json_argument(stats)
+
+    synth = commands.add_parser(
+        "synth", help="write synthetic shapes with keypoints in KeypointNet's formats"
+    )
+    synth.add_argument("--category", type=_category, required=True, help="chair, table, ...")
+    synth.add_argument("--n", type=_positive_int, required=True, help="number of models")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    synth.add_argument("--out", type=Path, required=True, help="output dataset directory")
+    synth.add_argument(
+        "--num-points", type=_positive_int, default=2048, help="points per PCD (default: 2048)"
+    )
+    add_json_argument(synth)
+
+    train = commands.add_parser("train", help="train PointNet/DGCNN for saliency or correspondence")
+    train.add_argument("--data", type=Path, required=True, help="KeypointNet-layout directory")
+    train.add_argument("--category", type=_category, required=True)
+    train.add_argument("--task", choices=("saliency", "correspondence"), default="correspondence")
+    train.add_argument("--model", choices=("pointnet", "dgcnn"), default="pointnet")
+    train.add_argument("--epochs", type=_positive_int, default=50, help="default: 50 (upstream)")
+    train.add_argument("--batch-size", type=_positive_int, default=8, help="default: 8")
+    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (1e-3)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--num-points", type=_positive_int, default=2048, help="points per cloud (2048)"
+    )
+    train.add_argument(
+        "--max-models", type=_positive_int, default=None, help="use at most N models per split"
+    )
+    train.add_argument("--out", type=Path, required=True, help="run directory (checkpoints)")
+    train.add_argument(
+        "--resume", action="store_true", help="continue from the latest checkpoint in --out"
+    )
+    add_json_argument(train)
+
+    predict = commands.add_parser("predict", help="write a trained model's predictions as JSON")
+    predict.add_argument("--checkpoint", type=Path, required=True, help="RUN/model.pt")
+    predict.add_argument("--data", type=Path, required=True)
+    predict.add_argument("--category", type=_category, default=None)
+    predict.add_argument("--split", choices=("train", "val", "test"), default="test")
+    predict.add_argument("--out", type=Path, required=True, help="predictions (annotation JSON)")
+
+    evaluate = commands.add_parser(
+        "eval", help="saliency mIoU/mAP and correspondence PCK at geodesic thresholds 0.00-0.10"
+    )
+    evaluate.add_argument("--gt", type=Path, required=True, help="ground-truth annotations")
+    evaluate.add_argument(
+        "--pred", type=Path, required=True, help="predictions in the annotation schema"
+    )
+    evaluate.add_argument(
+        "--pcd-dir", type=Path, required=True, help="folder of <synset>/<model_id>.pcd files"
+    )
+    evaluate.add_argument("--k", type=_positive_int, default=20, help="k-NN graph size (20)")
+    add_json_argument(evaluate)
+
+    project = commands.add_parser(
+        "project", help="project 3D keypoints onto a rendered view, with visibility"
+    )
+    project.add_argument("--data", type=Path, required=True, help="dataset with meshes")
+    project.add_argument("--category", type=_category, required=True)
+    project.add_argument("--model-id", default=None, help="default: the first model")
+    project.add_argument("--pred", type=Path, default=None, help="project predictions instead")
+    project.add_argument("--azimuth", type=float, default=30.0, help="degrees (default: 30)")
+    project.add_argument(
+        "--elevation", type=float, default=60.0, help="degrees from +y (default: 60)"
+    )
+    project.add_argument("--distance", type=float, default=1.5, help="camera distance (1.5)")
+    project.add_argument("--size", type=_positive_int, default=256, help="image size in pixels")
+    project.add_argument(
+        "--method", choices=("mesh", "hpr", "splat"), default="mesh", help="visibility test"
+    )
+    project.add_argument("--plot", type=Path, default=None, help="write a PNG with keypoints")
+    add_json_argument(project)
+    return parser
+
+
+_HANDLERS = {
+    "stats": _run_stats,
+    "synth": _run_synth,
+    "train": _run_train,
+    "predict": _run_predict,
+    "eval": _run_eval,
+    "project": _run_project,
+}
+
+
+@cli_entry(PROG)
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``keypointnet`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return _HANDLERS[args.command](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
