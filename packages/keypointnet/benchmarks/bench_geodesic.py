@@ -11,7 +11,6 @@ the goal speedup >= 20x (ratio <= 0.05). The work lives in ``keypointnet.bench.b
 from __future__ import annotations
 
 from keypointnet.bench import bench_geodesic
-
 from ptrain.core.bench import bench_argument_parser, write_json
 
 FULL_POINTS = 2048

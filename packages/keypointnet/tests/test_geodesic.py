@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse
+
 from keypointnet.geodesic import all_pairs_geodesic, geodesic_distances, knn_graph
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from keypointnet.data import Keypoint, ModelAnnotation, RotationSymmetry, Symmetries
 from keypointnet.geodesic import geodesic_distances
 from keypointnet.metrics import (

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+
 from keypointnet.geodesic import (
     DEFAULT_NEIGHBOURS,
     all_pairs_geodesic,
@@ -23,9 +26,6 @@ from keypointnet.geodesic import (
     knn_graph,
 )
 from keypointnet.metrics import pck, saliency_map, saliency_miou
-from scipy.sparse.csgraph import connected_components
-from scipy.spatial import cKDTree
-
 from ptrain.core.bench import BenchResult, compare
 
 __all__ = [

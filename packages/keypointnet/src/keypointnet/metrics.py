@@ -44,9 +44,10 @@ import itertools
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+from scipy.spatial import cKDTree
+
 from keypointnet.data import ModelAnnotation
 from keypointnet.geodesic import DEFAULT_NEIGHBOURS, _check_points, geodesic_distances
-from scipy.spatial import cKDTree
 
 __all__ = [
     "DEFAULT_PROB_THRESHOLD",
