@@ -351,11 +351,16 @@ def build_parser() -> argparse.ArgumentParser:
     project.add_argument("--category", type=_category, required=True)
     project.add_argument("--model-id", default=None, help="default: the first model")
     project.add_argument("--pred", type=Path, default=None, help="project predictions instead")
-    project.add_argument("--azimuth", type=float, default=30.0, help="degrees (default: 30)")
     project.add_argument(
-        "--elevation", type=float, default=60.0, help="degrees from +y (default: 60)"
+        "--azimuth",
+        type=float,
+        default=210.0,
+        help="degrees about +y from +z (the back of a ShapeNet model); default 210: front-left",
     )
-    project.add_argument("--distance", type=float, default=1.5, help="camera distance (1.5)")
+    project.add_argument(
+        "--elevation", type=float, default=65.0, help="degrees from +y (default: 65)"
+    )
+    project.add_argument("--distance", type=float, default=1.1, help="camera distance (1.1)")
     project.add_argument("--size", type=_positive_int, default=256, help="image size in pixels")
     project.add_argument(
         "--method", choices=("mesh", "hpr", "splat"), default="mesh", help="visibility test"
