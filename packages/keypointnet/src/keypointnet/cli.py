@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,16 @@ def _run_train(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise UserError(str(error)) from None
-    result = train(config)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Launched by torchrun: every rank trains on its shard of each global batch.
+        from ptrain.core.dist import init_distributed
+
+        info = init_distributed()
+        result = train(config, rank=info.rank, world_size=info.world_size)
+        if info.rank != 0:
+            return 0
+    else:
+        result = train(config)
     _print_metrics(result)
     if args.json:
         write_json(args.json, result)
