@@ -62,7 +62,30 @@ def render(results_dir: Path) -> str:
                 f"{environment.get('cpu_count', '?')} CPUs, "
                 f"{environment.get('timestamp', '')}</sub> ||||||| "
             )
+    metric_lines = _render_metrics(results_dir, paper)
+    if len(lines) == 2:  # no timing results: show only the metrics table
+        return "\n".join(metric_lines)
+    if metric_lines:
+        lines += ["", *metric_lines]
     return "\n".join(lines)
+
+
+def _render_metrics(results_dir: Path, paper: dict) -> list[str]:
+    """Rows for JSON files with a ``metrics`` list: ``{"name", "values": {metric: value}}``."""
+    lines = ["| run | metric | ours | paper / reference | command |", "|---|---|---|---|---|"]
+    for path in sorted(results_dir.glob("*.json")):
+        if path.name == "paper.json":
+            continue
+        data = json.loads(path.read_text())
+        command = data.get("meta", {}).get("command", "")
+        for entry in data.get("metrics", []):
+            for metric, value in entry.get("values", {}).items():
+                shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+                reference = paper.get(f"{entry['name']}/{metric}", paper.get(entry["name"], "—"))
+                lines.append(
+                    f"| {entry['name']} | {metric} | {shown} | {reference} | `{command}` |"
+                )
+    return lines if len(lines) > 2 else []
 
 
 def main(argv: list[str] | None = None) -> int:
