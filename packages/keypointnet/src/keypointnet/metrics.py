@@ -475,8 +475,8 @@ def symmetric_relabelings(model: ModelAnnotation) -> list[np.ndarray]:
     if np.unique(reflection_K).size == count and not (reflection_K == identity_K).all():
         reflections.append(reflection_K)
     shift_choices = []
-    for group in model.symmetries.rotation:
-        positions = _check_positions(model, group.kp_indexes, "rotation")
+    for rotation in model.symmetries.rotation:
+        positions = _check_positions(model, rotation.kp_indexes, "rotation")
         size = positions.size
         shifts = []
         for shift in range(size):
@@ -488,9 +488,9 @@ def symmetric_relabelings(model: ModelAnnotation) -> list[np.ndarray]:
     relabelings: list[np.ndarray] = []
     seen: set[bytes] = set()
     for reflection in reflections:
-        for shifts in itertools.product(*shift_choices):
+        for combination in itertools.product(*shift_choices):
             permutation_K = identity_K
-            for shifted_K in shifts:
+            for shifted_K in combination:
                 permutation_K = shifted_K[permutation_K]
             permutation_K = reflection[permutation_K]
             if np.unique(permutation_K).size != count:

@@ -748,13 +748,16 @@ def synthesize(
         sampled, face_index, face_uv = sample_surface(shape.mesh, num_points, rng)
         # The PCD holds 6-decimal float32 values; keypoints take exactly those values.
         points = np.round(sampled, 6).astype(np.float32)
-        colors = shape.mesh.vertex_colors[shape.mesh.faces[face_index, 0]]
+        vertex_colors = shape.mesh.vertex_colors
+        if vertex_colors is None:  # every synthetic part is coloured; guard for custom meshes
+            vertex_colors = np.full((len(shape.mesh.vertices), 3), 128, dtype=np.uint8)
+        colors = vertex_colors[shape.mesh.faces[face_index, 0]]
         targets = np.stack([xyz for _, xyz in shape.keypoints])
         chosen = _nearest_unused(targets, points)
         keypoints = [
             Keypoint(
                 xyz=tuple(points[i].astype(np.float64).tolist()),
-                rgb=tuple(int(c) for c in colors[i]),
+                rgb=(int(colors[i, 0]), int(colors[i, 1]), int(colors[i, 2])),
                 semantic_id=semantic_id,
                 point_index=int(i),
                 face_index=int(face_index[i]),

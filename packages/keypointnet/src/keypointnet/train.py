@@ -668,7 +668,7 @@ def train(
             shard = np.array_split(global_batch, world_size)[rank]
             optimizer.zero_grad(set_to_none=True)
             if len(shard):
-                batch = samples.collate(shard)
+                batch = samples.collate(shard.tolist())
                 logits_BNC = model(batch["points"])  # (B, N, C)
                 per_shape_B = _per_shape_loss(config.task, logits_BNC, batch)  # (B,)
                 # This shard's share of the global batch mean; "avg" over ranks restores it.

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from torch import nn
-
 from keypointnet.models.dgcnn import DGCNNSeg
 from keypointnet.models.pointnet import NORMS, Norm, PointNetSeg
 
@@ -21,7 +19,7 @@ ModelName = Literal["pointnet", "dgcnn"]
 MODEL_NAMES: tuple[str, ...] = ("pointnet", "dgcnn")
 
 
-def build_model(name: ModelName, num_outputs: int, **kwargs: Any) -> nn.Module:
+def build_model(name: ModelName, num_outputs: int, **kwargs: Any) -> PointNetSeg | DGCNNSeg:
     """Builds a keypoint network by name.
 
     Args:

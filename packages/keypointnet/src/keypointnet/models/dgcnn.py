@@ -168,11 +168,12 @@ class DGCNNSeg(nn.Module):
         self.uses_batch_statistics = norm == "batch"
         self.edge_convs = nn.ModuleList()
         in_channels = 3
+        concat_channels = 0
         for block in blocks:
             edge_conv = EdgeConv(in_channels, block, k=k, norm=norm)
             self.edge_convs.append(edge_conv)
             in_channels = edge_conv.out_channels
-        concat_channels = sum(conv.out_channels for conv in self.edge_convs)
+            concat_channels += edge_conv.out_channels
         self.embed = nn.Sequential(
             nn.Conv1d(concat_channels, emb_dims, 1, bias=norm == "none"),
             make_norm(norm, emb_dims, 1),

@@ -128,7 +128,8 @@ class TransformNet(nn.Module):
         self.fc = nn.Sequential(*layers)
         self.out = nn.Conv1d(in_channels, size * size, 1)
         nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        if self.out.bias is not None:
+            nn.init.zeros_(self.out.bias)
 
     def forward(self, x_BKN: torch.Tensor) -> torch.Tensor:
         """Predicts the transform.
