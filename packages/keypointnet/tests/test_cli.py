@@ -116,13 +116,30 @@ def test_project_reports_visibility_and_plots(synth_dir: Path, tmp_path: Path) -
     )
     assert code == 0
     result = json.loads(out.read_text())
-    flags = [keypoint["visible"] for keypoint in result["keypoints"]]
+    (view,) = result["views"]
+    flags = [keypoint["visible"] for keypoint in view["keypoints"]]
     assert any(flags) and not all(flags)  # a chair seen from one side hides some keypoints
-    for keypoint in result["keypoints"]:
+    for keypoint in view["keypoints"]:
         if keypoint["visible"]:
             u, v = keypoint["uv"]
             assert 0 <= u < 128 and 0 <= v < 128
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_project_predictions_on_several_views_scores_2d_pck(
+    synth_dir: Path, tmp_path: Path
+) -> None:
+    gt = synth_dir / "annotations" / "chair.json"
+    out = tmp_path / "views.json"
+    common = ["project", "--data", str(synth_dir), "--category", "chair", "--size", "96"]
+    # the ground truth as its own prediction: every visible keypoint lands exactly
+    assert main([*common, "--views", "4", "--pred", str(gt), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert len(result["views"]) == 4
+    assert [view["azimuth_degrees"] for view in result["views"]] == [210.0, 300.0, 390.0, 480.0]
+    assert result["pck_2d_mean"] == 1.0
+    visible_counts = {view["visible"] for view in result["views"]}
+    assert len(visible_counts) > 1  # different views hide different keypoints
 
 
 def test_train_predict_eval_end_to_end(synth_dir: Path, tmp_path: Path) -> None:

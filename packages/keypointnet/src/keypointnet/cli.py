@@ -210,6 +210,49 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- project
+def _view_result(
+    camera: Any,
+    azimuth_degrees: float,
+    gt: ModelAnnotation,
+    gt_view: Any,
+    pred_uv: Any | None,
+    alpha: float,
+) -> dict[str, Any]:
+    import numpy as np
+
+    from keypointnet.projection import pck_2d
+
+    keypoints = []
+    for index, keypoint in enumerate(gt.keypoints):
+        entry: dict[str, Any] = {
+            "semantic_id": keypoint.semantic_id,
+            "uv": [float(gt_view.uv[index, 0]), float(gt_view.uv[index, 1])],
+            "depth": float(gt_view.depth[index]),
+            "visible": bool(gt_view.visible[index]),
+        }
+        if pred_uv is not None:
+            predicted = pred_uv[index]
+            entry["pred_uv"] = (
+                [float(predicted[0]), float(predicted[1])] if np.isfinite(predicted).all() else None
+            )
+        keypoints.append(entry)
+    result: dict[str, Any] = {
+        "azimuth_degrees": azimuth_degrees,
+        "visible": int(np.count_nonzero(gt_view.visible)),
+        "keypoints": keypoints,
+    }
+    if pred_uv is not None:
+        score = pck_2d(
+            pred_uv,
+            gt_view.uv,
+            gt_view.visible,
+            alpha=alpha,
+            image_shape=(camera.height, camera.width),
+        )
+        result["pck_2d"] = None if math.isnan(score) else score
+    return result
+
+
 def _run_project(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -218,6 +261,7 @@ def _run_project(args: argparse.Namespace) -> int:
         look_at_camera,
         plot_projection,
         project_keypoints,
+        project_points,
         render_shaded,
     )
 
@@ -233,57 +277,70 @@ def _run_project(args: argparse.Namespace) -> int:
             raise UserError(f"{args.data}: no {args.category} model with id {args.model_id!r}")
         model = matches[0]
     mesh = directory.load_mesh(model)
-    source = model
+    cloud = directory.load_points(model).points if args.method != "mesh" else None
+    gt_xyz = np.array([kp.xyz for kp in model.keypoints], dtype=np.float64).reshape(-1, 3)
+    pred_xyz = None
     if args.pred:
         predicted = {m.key: m for m in read_annotations(args.pred)}
         if model.key not in predicted:
             raise UserError(f"{args.pred}: no prediction for model {model.key}")
-        source = predicted[model.key]
-    xyz = np.array([kp.xyz for kp in source.keypoints], dtype=np.float64).reshape(-1, 3)
-    camera = look_at_camera(
-        math.radians(args.azimuth),
-        math.radians(args.elevation),
-        args.distance,
-        width=args.size,
-    )
-    cloud = directory.load_points(model).points if args.method != "mesh" else None
-    projected = project_keypoints(
-        camera, xyz, mesh=(mesh.vertices, mesh.faces), cloud=cloud, method=args.method
-    )
-    result = {
-        "model": model.key,
-        "source": "prediction" if args.pred else "ground truth",
-        "camera": {
-            "azimuth_degrees": args.azimuth,
-            "elevation_degrees": args.elevation,
-            "distance": args.distance,
-            "size": args.size,
-        },
-        "method": args.method,
-        "keypoints": [
-            {
-                "semantic_id": kp.semantic_id,
-                "uv": [float(u), float(v)],
-                "depth": float(depth),
-                "visible": bool(visible),
-            }
-            for kp, (u, v), depth, visible in zip(
-                source.keypoints, projected.uv, projected.depth, projected.visible, strict=True
-            )
-        ],
-    }
-    visible = int(np.count_nonzero(projected.visible))
-    print(f"{model.key}: {len(xyz)} keypoints projected, {visible} visible ({args.method})")
-    if args.plot:
-        image = render_shaded(camera, mesh.vertices, mesh.faces)
-        labels = [str(kp.semantic_id) for kp in source.keypoints]
-        plot_projection(
-            args.plot, image, projected.uv, projected.visible, labels=labels, title=model.key
+        # The first predicted keypoint of each semantic id is matched to the ground truth.
+        first: dict[int, tuple[float, float, float]] = {}
+        for keypoint in predicted[model.key].keypoints:
+            first.setdefault(keypoint.semantic_id, keypoint.xyz)
+        nan = (math.nan, math.nan, math.nan)
+        pred_xyz = np.array([first.get(kp.semantic_id, nan) for kp in model.keypoints])
+    views = []
+    plots = []
+    for view_index in range(args.views):
+        azimuth = args.azimuth + 360.0 * view_index / args.views
+        camera = look_at_camera(
+            math.radians(azimuth), math.radians(args.elevation), args.distance, width=args.size
         )
-        print(f"wrote {args.plot}")
+        gt_view = project_keypoints(
+            camera, gt_xyz, mesh=(mesh.vertices, mesh.faces), cloud=cloud, method=args.method
+        )
+        pred_uv = None
+        if pred_xyz is not None:
+            pred_uv = np.full((len(pred_xyz), 2), np.nan)
+            known = np.isfinite(pred_xyz).all(axis=1)
+            if known.any():
+                pred_uv[known] = project_points(camera, pred_xyz[known])[0]
+        views.append(_view_result(camera, azimuth, model, gt_view, pred_uv, args.alpha))
+        plots.append((camera, gt_view, pred_uv))
+    result: dict[str, Any] = {
+        "model": model.key,
+        "method": args.method,
+        "elevation_degrees": args.elevation,
+        "distance": args.distance,
+        "size": args.size,
+        "views": views,
+    }
+    summary = ", ".join(f"{view['visible']}/{len(gt_xyz)}" for view in views)
+    print(f"{model.key}: visible keypoints per view ({args.method}): {summary}")
+    if pred_xyz is not None:
+        scores = [view["pck_2d"] for view in views if view["pck_2d"] is not None]
+        result["pck_2d_mean"] = float(np.mean(scores)) if scores else None
+        shown = "n/a" if result["pck_2d_mean"] is None else f"{result['pck_2d_mean']:.3f}"
+        print(f"  2D PCK@{args.alpha:g} of the projected predictions: {shown}")
+    if args.plot:
+        for index, (camera, gt_view, pred_uv) in enumerate(plots):
+            path = args.plot if len(plots) == 1 else _numbered(args.plot, index)
+            image = render_shaded(camera, mesh.vertices, mesh.faces)
+            uv, visible = gt_view.uv, gt_view.visible
+            labels = [str(kp.semantic_id) for kp in model.keypoints]
+            if pred_uv is not None:  # draw the predictions; visibility from the ground truth
+                uv = np.where(np.isfinite(pred_uv), pred_uv, gt_view.uv)
+                labels = [f"{label}'" for label in labels]
+            plot_projection(path, image, uv, visible, labels=labels, title=model.key)
+            print(f"  wrote {path}")
     if args.json:
         write_json(args.json, result)
     return 0
+
+
+def _numbered(path: Path, index: int) -> Path:
+    return path.with_name(f"{path.stem}-{index}{path.suffix}")
 
 
 # --------------------------------------------------------------------------- parser
@@ -373,9 +430,20 @@ def build_parser() -> argparse.ArgumentParser:
     project.add_argument("--distance", type=float, default=1.1, help="camera distance (1.1)")
     project.add_argument("--size", type=_positive_int, default=256, help="image size in pixels")
     project.add_argument(
+        "--views",
+        type=_positive_int,
+        default=1,
+        help="cameras evenly spaced in azimuth around the object, starting at --azimuth",
+    )
+    project.add_argument(
+        "--alpha", type=float, default=0.1, help="2D PCK threshold as a fraction of the image"
+    )
+    project.add_argument(
         "--method", choices=("mesh", "hpr", "splat"), default="mesh", help="visibility test"
     )
-    project.add_argument("--plot", type=Path, default=None, help="write a PNG with keypoints")
+    project.add_argument(
+        "--plot", type=Path, default=None, help="write a PNG with keypoints (PATH-<i>.png per view)"
+    )
     add_json_argument(project)
     return parser
 

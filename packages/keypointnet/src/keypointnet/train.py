@@ -656,14 +656,14 @@ def train(
             "(--resume) to continue it, or choose another out_dir"
         )
 
-    show = None if progress and rank == 0 else True
+    disable_bar = None if progress and rank == 0 else True  # None: automatic (TTY only)
     for epoch in range(start_epoch, config.epochs):
         model.train()
         samples.set_epoch(epoch)
         batches = epoch_batches(len(samples), config.batch_size, seed=config.seed, epoch=epoch)
         loss_sum = 0.0
         description = f"epoch {epoch + 1}/{config.epochs}"
-        bar = progress_bar(batches, desc=description, disable=show, unit="batch")
+        bar = progress_bar(batches, desc=description, disable=disable_bar, unit="batch")
         for global_batch in bar:
             shard = np.array_split(global_batch, world_size)[rank]
             optimizer.zero_grad(set_to_none=True)
