@@ -56,7 +56,7 @@ def render(results_dir: Path) -> str:
                 f"| {'—' if ratio is None else f'{ratio:.2f}×'} | {verdict} "
                 f"| {paper.get(result['name'], '—')} | `{command}` |"
             )
-        if environment:
+        if environment and data.get("results"):
             lines.append(
                 f"| <sub>{path.name}: torch {environment.get('torch', '?')}, "
                 f"{environment.get('cpu_count', '?')} CPUs, "
