@@ -1,0 +1,5 @@
+"""``python -m infjesp`` runs the ``infjesp`` command."""
+
+from infjesp.cli import main
+
+raise SystemExit(main())
