@@ -16,7 +16,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from infjesp.errors import InfJespError
 
@@ -45,7 +45,13 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
         raise
 
 
-def _cli_entry(function: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+class _Entry(Protocol):
+    """A command entry point: ``main()`` or ``main(argv)``, returning the exit code."""
+
+    def __call__(self, argv: list[str] | None = None, /) -> int: ...
+
+
+def _cli_entry(function: _Entry) -> _Entry:
     """User errors → one line ``infjesp: error: ...`` on stderr and exit code 2."""
 
     @functools.wraps(function)

@@ -260,7 +260,8 @@ def brute_force_optimum(
             f"max_trees={max_trees}"
         )
     shape = (model.num_actions[enumerated],) * sizes[enumerated]
-    best_value, best_trees = -np.inf, None
+    best_value: float = -np.inf
+    best_trees: list[PolicyTree] | None = None
     for lo in range(0, counts[enumerated], _CHUNK):
         index = np.arange(lo, min(lo + _CHUNK, counts[enumerated]))
         candidates = np.stack(np.unravel_index(index, shape), axis=1)  # (K, tree size)
@@ -268,10 +269,13 @@ def brute_force_optimum(
         k = int(np.argmax(values))
         if values[k] > best_value:
             best_value = float(values[k])
-            trees = [None, None]
-            trees[enumerated] = PolicyTree(candidates[k], model.num_observations[enumerated])
-            trees[agent] = PolicyTree(responses[k], model.num_observations[agent])
-            best_trees = trees
+            enumerated_tree = PolicyTree(candidates[k], model.num_observations[enumerated])
+            response_tree = PolicyTree(responses[k], model.num_observations[agent])
+            best_trees = (
+                [enumerated_tree, response_tree]
+                if enumerated == 0
+                else [response_tree, enumerated_tree]
+            )
     return best_value, best_trees  # type: ignore[return-value]
 
 

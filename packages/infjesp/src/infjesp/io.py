@@ -80,7 +80,10 @@ class _Parser:
         self.last_line = max(len(raw_lines), 1)
         self.pos = 0
         self.line = 0
-        self.preamble: dict[str, tuple[int, list[str] | list[list[str]]]] = {}
+        # Raw preamble entries, keyed by their preamble key, with the line each was read on:
+        # single-line entries (tokens) and per-agent entries (actions/observations: token lines).
+        self.preamble: dict[str, tuple[int, list[str]]] = {}
+        self.per_agent: dict[str, tuple[int, list[list[str]]]] = {}
         self.cache: dict[tuple[str, str], Selector] = {}
 
     # ------------------------------------------------------------ helpers
@@ -158,25 +161,29 @@ class _Parser:
                     f"actions:, observations:) or a T:/O:/R: entry, found {_quote(content)}"
                 )
             self.pos += 1
-            if key in self.preamble or (
+            if self._has_entry(key) or (
                 key.startswith("start") and any(k.startswith("start") for k in self.preamble)
             ):
                 raise self.error(f"duplicate '{key}:' entry")
             tokens = rest.split()
             if key in ("actions", "observations"):
-                if "agents" not in self.preamble:
+                if not self._has_entry("agents"):
                     raise self.error(f"'agents:' must come before '{key}:'")
                 num_agents = len(self._agent_names())
-                lines = [tokens] if tokens else []
+                lines: list[list[str]] = [tokens] if tokens else []
                 while len(lines) < num_agents:
                     lines.append(self.data_tokens(f"a line of {key} for agent {len(lines)}"))
-                self.preamble[key] = (self.line, lines)
+                self.per_agent[key] = (self.line, lines)
                 continue
             if key == "start" and not tokens:
                 tokens = self.data_tokens("the start distribution after 'start:'")
             if not tokens:
                 raise self.error(f"expected a value after '{key}:'")
             self.preamble[key] = (self.line, tokens)
+
+    def _has_entry(self, key: str) -> bool:
+        """Whether the preamble has a ``key:`` entry (single-line or per-agent)."""
+        return key in self.preamble or key in self.per_agent
 
     def _agent_names(self) -> tuple[str, ...]:
         line, tokens = self.preamble["agents"]
@@ -185,7 +192,7 @@ class _Parser:
     def build_preamble(self) -> None:
         """Turn the raw preamble entries into names, sizes, discount and b0."""
         for key in ("agents", "discount", "states", "actions", "observations"):
-            if key not in self.preamble:
+            if not self._has_entry(key):
                 raise self.error(
                     f"missing '{key}:' in the preamble (expected before the first T:/O:/R: entry)"
                 )
@@ -229,7 +236,7 @@ class _Parser:
         self.b0 = self._start()
 
     def _per_agent(self, key: str) -> tuple[tuple[str, ...], ...]:
-        line, lines = self.preamble[key]
+        line, lines = self.per_agent[key]
         if len(lines) != len(self.agent_names):
             self.line = line
             raise self.error(f"expected {len(self.agent_names)} lines of {key}")
@@ -377,9 +384,9 @@ class _Parser:
         usage = "'T: <joint action> : <state> : <next state> : <prob>' (or a row/matrix form)"
         n = len(fields)
         if n == 4 and fields[3]:
-            ja, s, sp, p = self._fixed(fields, 4, usage)
-            self.T[self.joint(ja, "action"), self.state(s), self.state(sp)] = self.number(
-                p, "a transition probability"
+            ja_text, s_text, sp_text, p_text = self._fixed(fields, 4, usage)
+            self.T[self.joint(ja_text, "action"), self.state(s_text), self.state(sp_text)] = (
+                self.number(p_text, "a transition probability")
             )
         elif n == 3 and not fields[2]:
             ja_text, s_text = self._fixed(fields, 2, usage)
@@ -401,10 +408,12 @@ class _Parser:
         )
         n = len(fields)
         if n == 4 and fields[3]:
-            ja, sp, jo, p = self._fixed(fields, 4, usage)
-            self.O[self.joint(ja, "action"), self.state(sp), self.joint(jo, "observation")] = (
-                self.number(p, "an observation probability")
-            )
+            ja_text, sp_text, jo_text, p_text = self._fixed(fields, 4, usage)
+            self.O[
+                self.joint(ja_text, "action"),
+                self.state(sp_text),
+                self.joint(jo_text, "observation"),
+            ] = self.number(p_text, "an observation probability")
         elif n == 3 and not fields[2]:
             ja_text, sp_text = self._fixed(fields, 2, usage)
             ja, sp = self.joint(ja_text, "action"), self.state(sp_text)
