@@ -129,7 +129,7 @@ class _Parser:
     def count_or_names(self, tokens: list[str], what: str) -> tuple[str, ...]:
         if not tokens:
             raise self.error(f"expected a count or names of {what}")
-        if len(tokens) == 1 and tokens[0].isdigit():
+        if len(tokens) == 1 and (tokens[0].isascii() and tokens[0].isdigit()):
             count = int(tokens[0])
             if count < 1:
                 raise self.error(f"expected a positive number of {what}, found {count}")
@@ -280,7 +280,7 @@ class _Parser:
         index = self.state_index.get(token)
         if index is not None:
             return index
-        if token.isdigit():
+        if (token.isascii() and token.isdigit()):
             index = int(token)
             if index >= self.num_s:
                 raise self.error(f"state index {index} is out of range [0, {self.num_s})")
@@ -308,7 +308,7 @@ class _Parser:
             token = tokens[0]
             if token == "*":
                 selector: Selector = _ALL
-            elif token.isdigit():
+            elif (token.isascii() and token.isdigit()):
                 selector = int(token)
                 if selector >= total:
                     raise self.error(f"joint {kind} index {selector} is out of range [0, {total})")
@@ -325,7 +325,7 @@ class _Parser:
                     continue
                 index = names[agent].get(token)
                 if index is None:
-                    if not token.isdigit():
+                    if not (token.isascii() and token.isdigit()):
                         raise self.error(f"unknown {kind} {_quote(token)} of agent {agent}")
                     index = int(token)
                     if index >= sizes[agent]:
@@ -521,7 +521,7 @@ class _Parser:
 
 def _agents(parser: _Parser, line: int, tokens: list[str]) -> tuple[str, ...]:
     parser.line = line
-    if len(tokens) == 1 and tokens[0].isdigit():
+    if len(tokens) == 1 and (tokens[0].isascii() and tokens[0].isdigit()):
         count = int(tokens[0])
         if not 1 <= count <= 64:
             raise parser.error(f"expected between 1 and 64 agents, found {count}")

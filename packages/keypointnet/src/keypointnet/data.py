@@ -537,7 +537,7 @@ _PCD_COLOR_FIELDS = ("rgb", "rgba")
 
 
 def _header_int(source: str, line: int, key: str, text: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise DataFormatError(
             f"{source}:{line}: {key}: expected a non-negative integer, got {text!r}"
         )
@@ -909,7 +909,7 @@ def _ply_header(source: str, raw: bytes) -> tuple[str, list[_PlyElement], int, i
                 )
             fmt = words[1]
         elif keyword == "element":
-            if len(words) != 3 or not words[2].isdigit():
+            if len(words) != 3 or not (words[2].isascii() and words[2].isdigit()):
                 raise DataFormatError(f"{where}: expected 'element <name> <count>'")
             elements.append(_PlyElement(words[1], int(words[2]), line_number))
         elif keyword == "property":
