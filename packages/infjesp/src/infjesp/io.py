@@ -280,7 +280,7 @@ class _Parser:
         index = self.state_index.get(token)
         if index is not None:
             return index
-        if (token.isascii() and token.isdigit()):
+        if token.isascii() and token.isdigit():
             index = int(token)
             if index >= self.num_s:
                 raise self.error(f"state index {index} is out of range [0, {self.num_s})")
@@ -308,7 +308,7 @@ class _Parser:
             token = tokens[0]
             if token == "*":
                 selector: Selector = _ALL
-            elif (token.isascii() and token.isdigit()):
+            elif token.isascii() and token.isdigit():
                 selector = int(token)
                 if selector >= total:
                     raise self.error(f"joint {kind} index {selector} is out of range [0, {total})")
