@@ -348,16 +348,19 @@ def _raw_all_to_all(
     size = dist.get_world_size(pg)
     rank = dist.get_rank(pg)
     tensor = tensor.contiguous()
-    output = tensor.new_empty((sum(output_splits), *tensor.shape[1:]))
     even = len(set(input_splits)) == 1 and input_splits == output_splits
-    # Even splits go through the backend's plain all-to-all (gloo's alltoallv path is slower).
-    dist.all_to_all_single(
-        output,
-        tensor,
-        output_split_sizes=None if even else output_splits,
-        input_split_sizes=None if even else input_splits,
-        group=pg,
-    )
+    if even:  # the backend's plain all-to-all (gloo's alltoallv path is slower)
+        output = torch.empty_like(tensor)
+        dist.all_to_all_single(output, tensor, group=pg)
+    else:
+        output = tensor.new_empty((sum(output_splits), *tensor.shape[1:]))
+        dist.all_to_all_single(
+            output,
+            tensor,
+            output_split_sizes=output_splits,
+            input_split_sizes=input_splits,
+            group=pg,
+        )
     row_bytes = tensor.element_size() * math.prod(tensor.shape[1:])
     sent = sum(count for peer, count in enumerate(input_splits) if peer != rank) * row_bytes
     received = sum(count for peer, count in enumerate(output_splits) if peer != rank) * row_bytes
