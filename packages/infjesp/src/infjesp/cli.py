@@ -1,4 +1,4 @@
-"""The ``infjesp`` command: info, evaluate, convert.
+"""The ``infjesp`` command: info, evaluate, convert, solve.
 
 Torch-free, so it does not use ptrain-core's CLI helpers; it follows the same conventions: a
 user mistake (a malformed file, a bad value) is one line on stderr and exit code 2, ``--json PATH``
@@ -186,6 +186,76 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def print_progress(event: dict[str, Any]) -> None:
+    """One stderr line per best response (top level, so worker processes can run it)."""
+    mark = "accepted" if event.get("accepted") else "kept"
+    print(
+        f"restart {event.get('restart', 0)} iteration {event['iteration']} agent {event['agent']}: "
+        f"value {event['value']:.6f} (candidate {event['candidate']:.6f}, {mark})",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _run_solve(args: argparse.Namespace) -> int:
+    from infjesp.fsc import write_fscs_json
+    from infjesp.jesp import solve
+
+    model = _load(args.problem, args.discount)
+    model.require_infinite_horizon()
+    quiet = args.quiet or (args.quiet is None and not sys.stderr.isatty())
+    result = solve(
+        model,
+        restarts=args.restarts,
+        init=args.init,
+        seed=args.seed,
+        time_limit=args.time_limit,
+        workers=args.workers,
+        max_nodes=args.max_nodes,
+        epsilon=args.epsilon,
+        max_iterations=args.max_iterations,
+        on_progress=None if quiet else print_progress,
+    )
+    summary: dict[str, Any] = {
+        "value": float(result.value),
+        "upper_bound": float(result.upper_bound),
+        "fsc_sizes": [int(n) for n in result.fsc_sizes],
+        "iterations": int(result.iterations),
+        "time_s": float(result.time_s),
+        "problem": args.problem.name,
+        "discount": model.discount,
+        "init": args.init,
+        "restarts": args.restarts,
+        "seed": args.seed,
+        "source": result.source,
+        "runs": result.runs,
+    }
+    # With --json -, stdout carries only the JSON document.
+    report = sys.stderr if args.json == "-" else sys.stdout
+    print(
+        f"{args.problem.name} at gamma {model.discount:g}: value {result.value:.6f} "
+        f"(QMDP upper bound {result.upper_bound:.4f}), FSC sizes {list(result.fsc_sizes)}, "
+        f"{result.iterations} best responses, {result.time_s:.1f} s",
+        file=report,
+    )
+    if args.out:
+        write_fscs_json(args.out, model, result.fscs, args.problem.name, model.discount)
+        print(f"wrote {args.out}", file=report)
+    if args.json:
+        write_json(args.json, summary)
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``infjesp`` command."""
@@ -228,6 +298,50 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("problem", type=Path)
     convert.add_argument("--policy", type=Path, required=True, help="infjesp-fsc/1 JSON")
     convert.add_argument("--out", type=Path, required=True, help="directory for agent<i>.dot")
+
+    solve = commands.add_parser(
+        "solve", help="Inf-JESP: best joint FSC by alternating best responses, with restarts"
+    )
+    solve.add_argument("problem", type=Path, help="a .dpomdp file")
+    solve.add_argument("--discount", type=_discount, default=None, help="e.g. 0.9 (must be < 1)")
+    solve.add_argument("--seed", type=int, default=0)
+    solve.add_argument(
+        "--restarts", type=_positive_int, default=1, help="total independent JESP runs (1)"
+    )
+    solve.add_argument(
+        "--time-limit",
+        type=_positive_float,
+        default=None,
+        metavar="S",
+        help="total wall-clock budget in seconds; the best joint FSC so far is returned",
+    )
+    solve.add_argument("--workers", type=_positive_int, default=1, help="processes (1)")
+    solve.add_argument(
+        "--init",
+        default="ma",
+        metavar="{random,blind,mdp,ma,md,ms}",
+        help="init of restart 0 (ma); later restarts start from random FSCs",
+    )
+    solve.add_argument("--max-nodes", type=_positive_int, default=50, help="FSC node cap (50)")
+    solve.add_argument(
+        "--epsilon", type=float, default=1e-6, help="relative acceptance margin (1e-6)"
+    )
+    solve.add_argument(
+        "--max-iterations", type=int, default=100, help="best responses per run (100)"
+    )
+    solve.add_argument("--json", metavar="PATH", help="write the results as JSON ('-': stdout)")
+    solve.add_argument("--out", type=Path, help="write the joint FSC (infjesp-fsc/1 JSON)")
+    progress = solve.add_mutually_exclusive_group()
+    progress.add_argument(
+        "--quiet",
+        dest="quiet",
+        action="store_true",
+        default=None,
+        help="no progress lines (default when stderr is not a terminal)",
+    )
+    progress.add_argument(
+        "--progress", dest="quiet", action="store_false", help="progress lines on stderr"
+    )
     return parser
 
 
@@ -235,6 +349,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "info": _run_info,
     "evaluate": _run_evaluate,
     "convert": _run_convert,
+    "solve": _run_solve,
 }
 
 

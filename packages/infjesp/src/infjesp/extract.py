@@ -1,0 +1,181 @@
+"""From α-vectors to an FSC (policy-graph extraction, design doc §2.4), and the best-response call.
+
+Extraction: node 0 holds ``argmax_α α·b0``; a BFS over (α, belief) nodes follows, for each own
+observation z with ``P(z | b, a) > 0``, the successor belief ``b' = τ(b, a, z)`` to the α that is
+maximal there, reusing that α's node or creating one (its representative belief is b'). Past
+``max_nodes`` (or within ``belief_merge_gap`` in L1 of an existing node's belief) a successor
+links to the node whose representative belief is closest in L1. Unreachable observations link
+back to the node itself; unreachable nodes are pruned.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from infjesp.bestresponse import BestResponsePOMDP, build_best_response
+from infjesp.fsc import FSC, evaluate_joint
+from infjesp.model import DecPOMDP
+from infjesp.pbvi import AlphaVectors, solve
+
+__all__ = ["BestResponseResult", "best_response", "extract_fsc"]
+
+
+def extract_fsc(
+    br: BestResponsePOMDP,
+    alphas: AlphaVectors,
+    *,
+    max_nodes: int = 50,
+    belief_merge_gap: float | None = None,
+    link: str = "belief",
+) -> FSC:
+    """Turn the α-vector policy of ``br`` into a deterministic FSC of agent ``br.agent``.
+
+    Args:
+        br: The best-response POMDP.
+        alphas: Its α-vectors (e.g. ``solve(br).alphas``).
+        max_nodes: Hard cap on the number of nodes (>= 1).
+        belief_merge_gap: When given, a successor whose belief lies within this L1 distance of an
+            existing node's representative belief links to that node instead of creating one.
+        link: Where a successor goes once the cap is reached: ``"belief"`` (MC-JESP) links to
+            the node whose representative belief is closest in L1; ``"value"`` links to the
+            node whose α-vector is best at the successor belief.
+
+    Returns:
+        The FSC over agent i's actions and observations, start node 0, unreachable nodes removed.
+
+    Raises:
+        ValueError: On ``max_nodes < 1``, a negative merge gap, an unknown ``link`` or an empty
+            α set.
+    """
+    if link not in ("belief", "value"):
+        raise ValueError(f"link must be 'belief' or 'value', got {link!r}")
+    if isinstance(max_nodes, bool) or int(max_nodes) < 1:
+        raise ValueError(f"max_nodes must be >= 1, got {max_nodes!r}")
+    if belief_merge_gap is not None and belief_merge_gap < 0:
+        raise ValueError(f"belief_merge_gap must be >= 0, got {belief_merge_gap!r}")
+    if len(alphas) == 0:
+        raise ValueError("alphas is empty")
+    Z = br.num_observations
+    b0 = np.asarray(br.b0, dtype=float)
+    node_alpha = [alphas.best(b0)]
+    node_belief = [b0]
+    alpha_node = {node_alpha[0]: 0}
+    transitions: list[list[int]] = [[0] * Z]
+    queue = deque([0])
+    while queue:
+        n = queue.popleft()
+        b = node_belief[n]
+        a = int(alphas.actions[node_alpha[n]])
+        for z in range(Z):
+            p, b_next = br.successor(b, a, z)
+            if p <= 0:
+                transitions[n][z] = n
+                continue
+            k = alphas.best(b_next)
+            if k in alpha_node:
+                transitions[n][z] = alpha_node[k]
+                continue
+            distances = np.abs(np.array(node_belief) - b_next).sum(axis=1)
+            closest = int(np.argmin(distances))
+            if belief_merge_gap is not None and distances[closest] <= belief_merge_gap:
+                transitions[n][z] = closest
+                continue
+            if len(node_alpha) >= max_nodes:
+                if link == "value":
+                    closest = int(np.argmax(alphas.alphas[node_alpha] @ b_next))
+                transitions[n][z] = closest
+                continue
+            m = len(node_alpha)
+            node_alpha.append(k)
+            node_belief.append(b_next)
+            alpha_node[k] = m
+            transitions.append([m] * Z)
+            transitions[n][z] = m
+            queue.append(m)
+    actions = np.asarray(alphas.actions)[node_alpha]
+    return FSC(actions, np.array(transitions, dtype=np.int64), 0).reachable()
+
+
+@dataclass(frozen=True, eq=False)
+class BestResponseResult:
+    """Outcome of :func:`best_response`.
+
+    Attributes:
+        fsc: The extracted FSC of the agent.
+        value: Exact joint value of ``fsc`` with the other agents' FSCs (via ``evaluate_joint``).
+        bound: The solver's lower bound at b0 (α-value).
+        upper: The solver's upper bound at b0.
+        br_states: Number of reachable extended states.
+        seconds: Wall time of build + solve + extraction + evaluation.
+    """
+
+    fsc: FSC
+    value: float
+    bound: float
+    upper: float
+    br_states: int
+    seconds: float
+
+
+def best_response(
+    model: DecPOMDP,
+    fscs: Sequence[FSC],
+    agent: int,
+    *,
+    max_nodes: int = 50,
+    epsilon: float = 1e-4,
+    max_beliefs: int = 2000,
+    time_limit: float | None = None,
+    rng: np.random.Generator | int | None = None,
+    belief_merge_gap: float | None = None,
+) -> BestResponseResult:
+    """Best response of ``agent`` to the other agents' FSCs: build, solve, extract, evaluate.
+
+    When the extracted FSC hits ``max_nodes``, a second extraction that links by α-value
+    (``link="value"``) is evaluated too, and the better of the two (exactly) is returned.
+
+    Args:
+        model: The Dec-POMDP (discount < 1).
+        fscs: One FSC per agent; ``fscs[agent]`` is only replaced in the evaluation.
+        agent: The optimising agent.
+        max_nodes: Node cap of the extracted FSC.
+        epsilon: Solver target gap at b0.
+        max_beliefs: Solver belief budget.
+        time_limit: Solver wall-clock budget in seconds.
+        rng: Passed to the solver (which is deterministic).
+        belief_merge_gap: See :func:`extract_fsc`.
+
+    Returns:
+        The new FSC, its exact joint value and the solver's bounds.
+
+    Raises:
+        InfJespError: When the discount is >= 1.
+    """
+    started = time.perf_counter()
+    br = build_best_response(model, fscs, agent)
+    result = solve(br, epsilon=epsilon, max_beliefs=max_beliefs, time_limit=time_limit, rng=rng)
+    joint = list(fscs)
+    fsc = extract_fsc(br, result.alphas, max_nodes=max_nodes, belief_merge_gap=belief_merge_gap)
+    joint[agent] = fsc
+    value = evaluate_joint(model, joint).value
+    if fsc.num_nodes >= max_nodes:  # the cap was hit: also try linking by α-value, keep the best
+        alt = extract_fsc(
+            br, result.alphas, max_nodes=max_nodes, belief_merge_gap=belief_merge_gap, link="value"
+        )
+        joint[agent] = alt
+        alt_value = evaluate_joint(model, joint).value
+        if alt_value > value:
+            fsc, value = alt, alt_value
+    return BestResponseResult(
+        fsc=fsc,
+        value=float(value),
+        bound=result.lower,
+        upper=result.upper,
+        br_states=br.num_states,
+        seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,344 @@
+"""Initial joint FSCs for the JESP loop (design §2.6).
+
+Every function returns one deterministic :class:`~infjesp.fsc.FSC` per agent.
+
+* ``random``: MC-JESP's random controllers (node count uniform in ``1..max_nodes``).
+* ``blind``: the open-loop best constant joint action, one node per agent.
+* ``mdp``: most-likely-state MDP heuristic: at a belief b the node plays agent i's component of
+  ``argmax_ja Q_MDP(argmax_s b(s), ja)``; successors use the one-sided belief update (as ``ma``).
+* ``ma`` / ``md`` / ``ms``: MPOMDP-based controllers built by forward belief exploration from b0.
+  The node's action is agent i's component of the centralised greedy joint action at b. The
+  MPOMDP value is approximated (``value=``):
+
+  - ``"pbvi"`` (default): a point-based lower bound of the MPOMDP (:func:`mpomdp_alpha_vectors`:
+    PBVI on beliefs reachable from b0, started from the constant joint-action policies), and the
+    joint action of a one-step look-ahead on it. Models whose dense ``T·O`` tensor would exceed
+    ``_PBVI_MAX_ENTRIES`` entries (e.g. Mars, fireFighting) fall back to QMDP.
+  - ``"qmdp"``: ``argmax_ja Σ_s b(s) Q_MDP(s, ja)`` (``mdp_q_values``), which ignores the value
+    of information (on Dec-Tiger it opens a door after a single "hear").
+
+  Neither is an exact MPOMDP solution (a follow-up). In the belief updates below, ``a`` is the
+  whole centralised joint action chosen at b (the other agents are assumed to follow it).
+
+  - ``ma``: the successor on own observation z_i follows the one-sided update, which marginalises
+    the other agents' observations:
+    ``b'(s') ∝ Σ_{z_-i} O(⟨z_i,z_-i⟩|a,s') Σ_s T(s'|s,a) b(s)`` (MC-JESP's
+    ``GetNextBeliefsOneSidedUpdate``).
+  - ``md``: the successor follows the single most likely joint observation ⟨z_i, z_-i*⟩ with
+    ``z_-i* = argmax_{z_-i} P(⟨z_i,z_-i⟩ | b, a)`` (full joint-observation belief update).
+  - ``ms``: MC-JESP's successor is stochastic, weighted by the joint-observation probabilities.
+    Our FSCs are deterministic, so ``ms`` **samples** one ``z_-i ∝ P(⟨z_i,z_-i⟩ | b, a)`` per
+    (node, z_i) with ``rng`` and follows the full update on ⟨z_i, z_-i⟩: a deterministic
+    approximation.
+
+  Beliefs closer than ``belief_gap`` in L1 (default 0.1) share a node; once ``max_nodes`` nodes
+  exist, a new belief links to the closest existing node (MC-JESP's ``GiveSimilarNodeIndex``).
+  A zero-probability observation links the node to itself.
+
+All builders are deterministic given their arguments (``rng`` only matters for ``random`` and
+``ms``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+
+from infjesp.errors import InfJespError
+from infjesp.fsc import FSC
+from infjesp.model import DecPOMDP, best_constant_joint_action, mdp_q_values
+
+__all__ = [
+    "INITS",
+    "blind_init",
+    "build_init",
+    "ma_init",
+    "md_init",
+    "mdp_init",
+    "mpomdp_alpha_vectors",
+    "ms_init",
+    "random_init",
+]
+
+INITS = frozenset({"random", "blind", "mdp", "ma", "md", "ms"})
+
+# Above this many entries of the dense (JA, JO, S, S') tensor, "pbvi" falls back to QMDP.
+_PBVI_MAX_ENTRIES = 2_000_000
+MPOMDP_VALUES = ("pbvi", "qmdp")
+
+# Successor modes of the belief-exploration builder.
+_ONE_SIDED, _MOST_LIKELY, _SAMPLED = "one-sided", "most-likely", "sampled"
+
+
+def _check_max_nodes(max_nodes: int) -> int:
+    if isinstance(max_nodes, bool) or not isinstance(max_nodes, int | np.integer) or max_nodes < 1:
+        raise InfJespError(f"max_nodes must be an integer >= 1, got {max_nodes!r}")
+    return int(max_nodes)
+
+
+def random_init(model: DecPOMDP, max_nodes: int, rng: np.random.Generator) -> list[FSC]:
+    """MC-JESP's random init: per agent, node count uniform in ``1..max_nodes``, random actions
+    and random deterministic successors."""
+    max_nodes = _check_max_nodes(max_nodes)
+    return [
+        FSC.random(model.num_actions[i], model.num_observations[i], max_nodes, rng)
+        for i in range(model.num_agents)
+    ]
+
+
+def blind_init(model: DecPOMDP) -> list[FSC]:
+    """One node per agent: agent i's component of the best constant joint action (open loop)."""
+    _, joint_action = best_constant_joint_action(model)
+    return [FSC.constant(a, model.num_observations[i]) for i, a in enumerate(joint_action)]
+
+
+def _explore(
+    model: DecPOMDP,
+    agent: int,
+    choose: Callable[[np.ndarray], int],
+    successor_mode: str,
+    max_nodes: int,
+    belief_gap: float,
+    rng: np.random.Generator | None,
+) -> FSC:
+    """Agent ``agent``'s FSC by breadth-first belief exploration from b0.
+
+    Args:
+        choose: Belief (S,) -> the centralised joint action index played there.
+        successor_mode: How the belief after own observation z_i is formed (see module doc).
+    """
+    T = np.asarray(model.T, dtype=float)  # (JA, S, S')
+    O = np.asarray(model.O, dtype=float)  # noqa: E741  (JA, S', JO)
+    own_obs_JO = model.joint_observation_table()[:, agent]
+    num_z = model.num_observations[agent]
+    beliefs: list[np.ndarray] = [np.asarray(model.b0, dtype=float)]
+    actions: list[int] = []
+    successors: list[list[int]] = []
+    queue: deque[int] = deque([0])
+    while queue:
+        node = queue.popleft()
+        belief = beliefs[node]
+        ja = choose(belief)
+        while len(actions) <= node:
+            actions.append(0)
+            successors.append([node] * num_z)
+        actions[node] = model.joint_action(ja)[agent]
+        joint_SJ = (belief @ T[ja])[:, None] * O[ja]  # (S', JO): P(s', jo | b, a)
+        prob_J = joint_SJ.sum(axis=0)
+        row = [node] * num_z
+        for z in range(num_z):
+            columns = np.flatnonzero(own_obs_JO == z)
+            mass = float(prob_J[columns].sum())
+            if mass <= 1e-12:
+                continue  # unreachable: self-loop
+            if successor_mode == _ONE_SIDED:
+                next_b = joint_SJ[:, columns].sum(axis=1)
+            elif successor_mode == _MOST_LIKELY:
+                next_b = joint_SJ[:, columns[int(np.argmax(prob_J[columns]))]]
+            else:
+                if rng is None:  # pragma: no cover - guarded by the callers
+                    raise InfJespError("the sampled successor mode needs an rng")
+                weights = prob_J[columns] / mass
+                next_b = joint_SJ[:, columns[int(rng.choice(columns.size, p=weights))]]
+            next_b = next_b / next_b.sum()
+            gaps = np.array([np.abs(next_b - b).sum() for b in beliefs])
+            closest = int(np.argmin(gaps))
+            if gaps[closest] < belief_gap or len(beliefs) >= max_nodes:
+                row[z] = closest
+            else:
+                beliefs.append(next_b)
+                row[z] = len(beliefs) - 1
+                queue.append(row[z])
+        successors[node] = row
+    return FSC(np.array(actions, dtype=np.int64), np.array(successors, dtype=np.int64)).reachable()
+
+
+def mpomdp_alpha_vectors(
+    model: DecPOMDP,
+    *,
+    max_beliefs: int = 100,
+    merge_gap: float = 1e-3,
+    max_iterations: int = 300,
+    tol: float = 1e-5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Point-based (PBVI) lower bound of the centralised MPOMDP value.
+
+    The belief set is b0, the state corners and a breadth-first exploration of the beliefs
+    reachable from b0 under every joint action and joint observation (beliefs closer than
+    ``merge_gap`` in L1 are merged; at most ``max_beliefs``). The α-vectors start from the exact
+    values of the constant joint-action policies (a valid lower bound) and are backed up at every
+    belief until the values at the beliefs change by less than ``tol·max(1, |V|)``.
+
+    Returns:
+        ``Gamma (K, S)`` α-vectors and ``G (JA, JO, S, S')`` with
+        ``G[a, z, s, s'] = T(s'|s,a) O(z|a,s')`` (for one-step look-aheads).
+    """
+    model.require_infinite_horizon()
+    gamma = model.discount
+    T = np.asarray(model.T, dtype=float)
+    O = np.asarray(model.O, dtype=float)  # noqa: E741
+    R = np.asarray(model.R, dtype=float)
+    num_s = model.num_states
+    G = T[:, None, :, :] * np.transpose(O, (0, 2, 1))[:, :, None, :]  # (JA, JO, S, S')
+    beliefs = [np.asarray(model.b0, dtype=float), *np.eye(num_s)]
+    queue: deque[np.ndarray] = deque([beliefs[0]])
+    while queue and len(beliefs) < max_beliefs:
+        belief = queue.popleft()
+        nexts = np.einsum("s,azst->azt", belief, G).reshape(-1, num_s)
+        mass = nexts.sum(axis=1)
+        for row in np.flatnonzero(mass > 1e-9):
+            candidate = nexts[row] / mass[row]
+            if min(np.abs(candidate - b).sum() for b in beliefs) >= merge_gap:
+                beliefs.append(candidate)
+                queue.append(candidate)
+                if len(beliefs) >= max_beliefs:
+                    break
+    B = np.array(beliefs)  # (M, S)
+    system = np.eye(num_s)[None] - gamma * T
+    Gamma = np.linalg.solve(system, R.T[:, :, None])[:, :, 0]  # (JA, S) constant policies
+    values = (B @ Gamma.T).max(axis=1)
+    for _ in range(max_iterations):
+        Gamma = _pbvi_backup(B, Gamma, G, R, gamma)
+        new_values = (B @ Gamma.T).max(axis=1)
+        change = float(np.abs(new_values - values).max())
+        values = new_values
+        if change <= tol * max(1.0, float(np.abs(values).max())):
+            break
+    return Gamma, G
+
+
+def _pbvi_backup(
+    B: np.ndarray, Gamma: np.ndarray, G: np.ndarray, R: np.ndarray, gamma: float
+) -> np.ndarray:
+    """One point-based backup of ``Gamma`` at every belief of ``B``; duplicates removed."""
+    num_b = B.shape[0]
+    best_value = np.full(num_b, -np.inf)
+    best_alpha = np.zeros_like(B)
+    for a in range(G.shape[0]):
+        proj = Gamma @ np.transpose(G[a], (0, 2, 1))  # (JO, K, S)
+        choice = (proj @ B.T).argmax(axis=1)  # (JO, M)
+        alpha = R[:, a][None, :] + gamma * proj[np.arange(G.shape[1])[:, None], choice].sum(0)
+        value = (alpha * B).sum(axis=1)
+        better = value > best_value
+        best_value[better] = value[better]
+        best_alpha[better] = alpha[better]
+    return np.unique(np.round(best_alpha, 12), axis=0)
+
+
+def _lookahead_chooser(model: DecPOMDP) -> Callable[[np.ndarray], int]:
+    """Greedy joint action by a one-step look-ahead on the PBVI MPOMDP value."""
+    Gamma, G = mpomdp_alpha_vectors(model)
+    gamma, R = model.discount, np.asarray(model.R, dtype=float)
+    proj = np.einsum("azst,kt->azks", G, Gamma)  # (JA, JO, K, S)
+
+    def choose(belief: np.ndarray) -> int:
+        future = (proj @ belief).max(axis=2).sum(axis=1)  # (JA,)
+        return int(np.argmax(belief @ R + gamma * future))
+
+    return choose
+
+
+def _qmdp_chooser(model: DecPOMDP) -> Callable[[np.ndarray], int]:
+    Q_SA = mdp_q_values(model)
+    return lambda belief: int(np.argmax(belief @ Q_SA))
+
+
+def _value_chooser(model: DecPOMDP, value: str) -> Callable[[np.ndarray], int]:
+    if value not in MPOMDP_VALUES:
+        raise InfJespError(f"unknown MPOMDP value {value!r}; expected one of {MPOMDP_VALUES}")
+    entries = model.num_joint_actions * model.num_joint_observations * model.num_states**2
+    if value == "pbvi" and entries <= _PBVI_MAX_ENTRIES:
+        return _lookahead_chooser(model)
+    return _qmdp_chooser(model)
+
+
+def _mls_chooser(model: DecPOMDP) -> Callable[[np.ndarray], int]:
+    Q_SA = mdp_q_values(model)
+    return lambda belief: int(np.argmax(Q_SA[int(np.argmax(belief))]))
+
+
+def _mpomdp_init(
+    model: DecPOMDP,
+    choose: Callable[[np.ndarray], int],
+    mode: str,
+    max_nodes: int,
+    belief_gap: float,
+    rng: np.random.Generator | None,
+) -> list[FSC]:
+    max_nodes = _check_max_nodes(max_nodes)
+    if not belief_gap >= 0.0:
+        raise InfJespError(f"belief_gap must be >= 0, got {belief_gap!r}")
+    return [
+        _explore(model, i, choose, mode, max_nodes, belief_gap, rng)
+        for i in range(model.num_agents)
+    ]
+
+
+def mdp_init(model: DecPOMDP, max_nodes: int = 50, belief_gap: float = 0.1) -> list[FSC]:
+    """Most-likely-state MDP heuristic: the MDP-greedy joint action of the most likely state.
+
+    Successors use the one-sided update, as in :func:`ma_init`.
+    """
+    return _mpomdp_init(model, _mls_chooser(model), _ONE_SIDED, max_nodes, belief_gap, None)
+
+
+def ma_init(
+    model: DecPOMDP,
+    max_nodes: int = 50,
+    rng: np.random.Generator | None = None,
+    belief_gap: float = 0.1,
+    value: str = "pbvi",
+) -> list[FSC]:
+    """MPOMDP-greedy actions (``value``: "pbvi" or "qmdp"), one-sided update (``rng`` unused)."""
+    return _mpomdp_init(
+        model, _value_chooser(model, value), _ONE_SIDED, max_nodes, belief_gap, None
+    )
+
+
+def md_init(
+    model: DecPOMDP,
+    max_nodes: int = 50,
+    rng: np.random.Generator | None = None,
+    belief_gap: float = 0.1,
+    value: str = "pbvi",
+) -> list[FSC]:
+    """Like :func:`ma_init`, but successors follow the most likely joint observation."""
+    return _mpomdp_init(
+        model, _value_chooser(model, value), _MOST_LIKELY, max_nodes, belief_gap, None
+    )
+
+
+def ms_init(
+    model: DecPOMDP,
+    max_nodes: int = 50,
+    rng: np.random.Generator | None = None,
+    belief_gap: float = 0.1,
+    value: str = "pbvi",
+) -> list[FSC]:
+    """Like :func:`md_init`, but the others' observation is sampled (``rng``; default seed 0)."""
+    if rng is None:
+        rng = np.random.default_rng(0)
+    return _mpomdp_init(model, _value_chooser(model, value), _SAMPLED, max_nodes, belief_gap, rng)
+
+
+def build_init(name: str, model: DecPOMDP, max_nodes: int, rng: np.random.Generator) -> list[FSC]:
+    """The init ``name`` (one of :data:`INITS`) for ``model``.
+
+    Raises:
+        InfJespError: For an unknown name.
+    """
+    if name == "random":
+        return random_init(model, max_nodes, rng)
+    if name == "blind":
+        return blind_init(model)
+    if name == "mdp":
+        return mdp_init(model, max_nodes)
+    if name == "ma":
+        return ma_init(model, max_nodes, rng)
+    if name == "md":
+        return md_init(model, max_nodes, rng)
+    if name == "ms":
+        return ms_init(model, max_nodes, rng)
+    raise InfJespError(f"unknown init {name!r}; expected one of {', '.join(sorted(INITS))}")

@@ -1,0 +1,390 @@
+"""The infinite-horizon JESP loop and the multi-restart solver (design §2.5, §2.6).
+
+:func:`jesp` alternates best responses round-robin over the agents. A best response is accepted
+only when its **exact** joint value beats the incumbent by a relative margin
+(``v > V* + ε·max(1, |V*|)``), so the value history never decreases and the loop cannot cycle on
+numerical noise. It stops after ``max(1, N−1)`` consecutive non-improving best responses (a
+solver-ε Nash equilibrium), after ``max_iterations`` best responses, or when the deadline passes
+(anytime: the best joint FSC so far is returned).
+
+:func:`solve` runs ``restarts`` independent JESP runs and keeps the best. Restart 0 starts from
+the chosen init (``"ma"`` by default); the others start from random inits with at most
+``min(max_nodes, 5)`` nodes per agent (MC-JESP's ``--initRand`` default; large random
+controllers only make the first best responses slower). Restart ``r`` draws its randomness from
+``numpy.random.default_rng([seed, r])``, so results do not depend on ``workers``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import multiprocessing
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from infjesp.errors import InfJespError
+from infjesp.fsc import FSC, check_fscs, evaluate_joint
+from infjesp.inits import INITS, blind_init, build_init, random_init
+from infjesp.model import DecPOMDP, best_constant_joint_action, qmdp_value
+
+__all__ = [
+    "JespRun",
+    "SolveResult",
+    "exhaustive_best_response",
+    "jesp",
+    "solve",
+]
+
+# Node cap of the random inits of restarts >= 1 (MC-JESP's `--initRand` default).
+RANDOM_RESTART_NODES = 5
+# Most candidate controllers exhaustive_best_response enumerates.
+_EXHAUSTIVE_LIMIT = 100_000
+
+
+class BestResponseLike(Protocol):
+    """What the loop reads from a best-response result."""
+
+    @property
+    def fsc(self) -> FSC: ...
+
+    @property
+    def value(self) -> float: ...
+
+
+BestResponseFn = Callable[..., BestResponseLike]
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class JespRun:
+    """The outcome of one JESP run.
+
+    Attributes:
+        fscs: The best joint FSC found (one per agent).
+        value: Its exact value V(b0).
+        history: V* before the first best response, then after each best response (so
+            ``len(history) == iterations + 1``); non-decreasing.
+        iterations: Best responses computed.
+        converged: True when the run stopped after ``max(1, N−1)`` non-improving best responses
+            (not at ``max_iterations`` or the deadline).
+    """
+
+    fscs: list[FSC]
+    value: float
+    history: list[float]
+    iterations: int
+    converged: bool
+
+
+@dataclass(frozen=True)
+class SolveResult:
+    """The best joint FSC over all restarts.
+
+    Attributes:
+        fscs: One FSC per agent.
+        value: Exact V(b0) of ``fscs``.
+        upper_bound: The QMDP upper bound at b0.
+        fsc_sizes: Node count per agent.
+        iterations: Best responses computed over all runs.
+        time_s: Wall-clock seconds.
+        runs: One summary dict per restart (``restart``, ``init``, ``initial_value``, ``value``,
+            ``iterations``, ``converged``, ``fsc_sizes``, ``time_s``, ``skipped``).
+        source: ``"restart <r>"`` or ``"blind"`` (the best constant joint action, returned when
+            every run ended below it or none ran).
+    """
+
+    fscs: list[FSC]
+    value: float
+    upper_bound: float
+    fsc_sizes: list[int]
+    iterations: int
+    time_s: float
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    source: str = ""
+
+
+def _default_best_response() -> BestResponseFn:
+    from infjesp.extract import best_response
+
+    return best_response
+
+
+def exhaustive_best_response(
+    model: DecPOMDP,
+    fscs: Sequence[FSC],
+    agent: int,
+    *,
+    max_nodes: int = 2,
+    **_: Any,
+) -> _ExhaustiveResult:
+    """Exact best response among ALL deterministic FSCs with at most ``max_nodes`` nodes.
+
+    A reference for tests and tiny problems only: it enumerates
+    ``|A_i|^n · n^(n·|Z_i|)`` controllers per size ``n`` (start node 0). Extra keyword arguments
+    of the real best-response signature are accepted and ignored. Ties keep the first controller
+    in enumeration order, so the result is deterministic.
+    """
+    num_a, num_z = model.num_actions[agent], model.num_observations[agent]
+    count = sum(num_a**n * n ** (n * num_z) for n in range(1, max_nodes + 1))
+    if count > _EXHAUSTIVE_LIMIT:
+        raise InfJespError(
+            f"exhaustive_best_response: {count} candidate controllers with up to {max_nodes} "
+            f"nodes (limit {_EXHAUSTIVE_LIMIT}); lower max_nodes"
+        )
+    best: tuple[float, FSC] | None = None
+    others = list(fscs)
+    for n in range(1, max_nodes + 1):
+        for actions in itertools.product(range(num_a), repeat=n):
+            for succ in itertools.product(range(n), repeat=n * num_z):
+                candidate = FSC(np.array(actions), np.array(succ).reshape(n, num_z))
+                others[agent] = candidate
+                value = evaluate_joint(model, others).value
+                if best is None or value > best[0] + 1e-12:
+                    best = (value, candidate)
+    if best is None:  # pragma: no cover - max_nodes >= 1 always yields a candidate
+        raise InfJespError("exhaustive_best_response needs max_nodes >= 1")
+    return _ExhaustiveResult(fsc=best[1], value=best[0])
+
+
+@dataclass(frozen=True)
+class _ExhaustiveResult:
+    fsc: FSC
+    value: float
+
+
+def jesp(
+    model: DecPOMDP,
+    init_fscs: Sequence[FSC],
+    *,
+    best_response: BestResponseFn | None = None,
+    epsilon: float = 1e-6,
+    max_iterations: int = 100,
+    deadline: float | None = None,
+    rng: np.random.Generator | None = None,
+    on_progress: ProgressFn | None = None,
+    br_options: dict[str, Any] | None = None,
+) -> JespRun:
+    """Round-robin best responses from ``init_fscs`` until a fixed point (design §2.5).
+
+    Args:
+        model: The Dec-POMDP (discount < 1).
+        init_fscs: One FSC per agent.
+        best_response: ``best_response(model, fscs, agent, *, rng=..., time_limit=..., **br_options)
+            -> result`` with ``result.fsc`` and ``result.value`` (the exact joint value of the new
+            FSC with the others); default :func:`infjesp.extract.best_response`.
+        epsilon: Relative acceptance margin: accept when ``v > V* + ε·max(1, |V*|)``.
+        max_iterations: Maximum number of best responses.
+        deadline: A :func:`time.monotonic` value; no best response starts after it, and each one
+            gets the remaining time as ``time_limit``.
+        rng: Passed to the best-response solver.
+        on_progress: Called after each best response with ``{"iteration", "agent", "value",
+            "candidate", "accepted"}`` (``value`` is V* after the step).
+        br_options: Extra keyword arguments for ``best_response`` (e.g. ``max_nodes``).
+
+    Returns:
+        The best joint FSC found, its exact value and the value history.
+
+    Raises:
+        InfJespError: For a discount >= 1 or a bad argument.
+    """
+    model.require_infinite_horizon()
+    if (
+        isinstance(max_iterations, bool)
+        or not isinstance(max_iterations, int)
+        or (max_iterations < 0)
+    ):
+        raise InfJespError(f"max_iterations must be an integer >= 0, got {max_iterations!r}")
+    if not (epsilon >= 0.0 and math.isfinite(epsilon)):
+        raise InfJespError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
+    fscs = list(init_fscs)
+    check_fscs(model, fscs)
+    solver = best_response if best_response is not None else _default_best_response()
+    options = dict(br_options or {})
+    num_agents = model.num_agents
+    patience = max(1, num_agents - 1)
+    value = evaluate_joint(model, fscs).value
+    history = [value]
+    iterations = nonimproving = 0
+    agent = num_agents - 1
+    converged = False
+    while True:
+        if nonimproving >= patience:
+            converged = True
+            break
+        if iterations >= max_iterations:
+            break
+        time_limit = None
+        if deadline is not None:
+            time_limit = deadline - time.monotonic()
+            if time_limit <= 0:
+                break
+        agent = (agent + 1) % num_agents
+        result = solver(model, fscs, agent, rng=rng, time_limit=time_limit, **options)
+        iterations += 1
+        candidate = float(result.value)
+        accepted = math.isfinite(candidate) and candidate > value + epsilon * max(1.0, abs(value))
+        if accepted:
+            fscs[agent] = result.fsc
+            value = candidate
+            nonimproving = 0
+        else:
+            nonimproving += 1
+        history.append(value)
+        if on_progress is not None:
+            on_progress(
+                {
+                    "iteration": iterations,
+                    "agent": agent,
+                    "value": value,
+                    "candidate": candidate,
+                    "accepted": accepted,
+                }
+            )
+    return JespRun(fscs, value, history, iterations, converged)
+
+
+def _run_restart(
+    model: DecPOMDP,
+    restart: int,
+    init: str,
+    seed: int,
+    max_nodes: int,
+    deadline: float | None,
+    jesp_options: dict[str, Any],
+    best_response: BestResponseFn | None,
+    on_progress: ProgressFn | None,
+) -> tuple[dict[str, Any], list[FSC] | None]:
+    """One restart (top level, so a process pool can pickle it)."""
+    start = time.monotonic()
+    init_name = init if restart == 0 else "random"
+    summary: dict[str, Any] = {"restart": restart, "init": init_name}
+    if deadline is not None and start >= deadline:
+        summary.update(skipped=True, iterations=0, time_s=0.0)
+        return summary, None
+    rng = np.random.default_rng([seed, restart])
+    if restart == 0:
+        fscs = build_init(init, model, max_nodes, rng)
+    else:
+        fscs = random_init(model, min(max_nodes, RANDOM_RESTART_NODES), rng)
+
+    def progress(event: dict[str, Any]) -> None:
+        if on_progress is not None:
+            on_progress({"restart": restart, **event})
+
+    run = jesp(
+        model,
+        fscs,
+        best_response=best_response,
+        deadline=deadline,
+        rng=rng,
+        on_progress=progress if on_progress is not None else None,
+        **jesp_options,
+    )
+    summary.update(
+        skipped=False,
+        initial_value=run.history[0],
+        value=run.value,
+        iterations=run.iterations,
+        converged=run.converged,
+        fsc_sizes=[f.num_nodes for f in run.fscs],
+        time_s=time.monotonic() - start,
+    )
+    return summary, run.fscs
+
+
+def solve(
+    model: DecPOMDP,
+    *,
+    restarts: int = 1,
+    init: str = "ma",
+    seed: int = 0,
+    time_limit: float | None = None,
+    workers: int = 1,
+    max_nodes: int = 50,
+    epsilon: float = 1e-6,
+    max_iterations: int = 100,
+    br_epsilon: float = 1e-4,
+    best_response: BestResponseFn | None = None,
+    on_progress: ProgressFn | None = None,
+) -> SolveResult:
+    """Best joint FSC over ``restarts`` independent JESP runs.
+
+    Args:
+        model: The Dec-POMDP (discount < 1).
+        restarts: Total number of JESP runs (>= 1). Restart 0 uses ``init``; the others use
+            random inits (at most ``min(max_nodes, 5)`` nodes).
+        init: One of :data:`~infjesp.inits.INITS`.
+        seed: Restart ``r`` uses ``numpy.random.default_rng([seed, r])``.
+        time_limit: Total wall-clock budget in seconds shared by all runs (each run gets the
+            global deadline; runs not started by then are skipped); None for no limit.
+        workers: Processes (``concurrent.futures.ProcessPoolExecutor``, spawn context) when > 1.
+            ``best_response`` and ``on_progress`` must then be picklable top-level functions;
+            ``on_progress`` runs in the worker process. The spawn start method re-imports the
+            calling script, so a script that calls ``solve(workers=2)`` needs the usual
+            ``if __name__ == "__main__":`` guard.
+        max_nodes: Cap on every FSC's node count (inits and best responses).
+        epsilon: JESP's relative acceptance margin.
+        max_iterations: Best responses per run.
+        br_epsilon: The best-response solver's target gap.
+        best_response: The best-response solver (default :func:`infjesp.extract.best_response`).
+        on_progress: Called per best response with ``restart``, ``iteration``, ``agent``,
+            ``value`` (see :func:`jesp`).
+
+    Returns:
+        The best joint FSC. Never worse than the best constant joint action: if every run ends
+        below it (or none ran), the blind init is returned (``source == "blind"``).
+
+    Raises:
+        InfJespError: For a discount >= 1 or a bad argument (unknown init, restarts < 1, ...).
+    """
+    started = time.monotonic()
+    model.require_infinite_horizon()
+    if init not in INITS:
+        raise InfJespError(f"unknown init {init!r}; expected one of {', '.join(sorted(INITS))}")
+    for name, number in (("restarts", restarts), ("workers", workers), ("max_nodes", max_nodes)):
+        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+            raise InfJespError(f"{name} must be an integer >= 1, got {number!r}")
+    if time_limit is not None and not time_limit > 0:
+        raise InfJespError(f"time_limit must be > 0 seconds, got {time_limit!r}")
+    deadline = None if time_limit is None else started + float(time_limit)
+    jesp_options: dict[str, Any] = {
+        "epsilon": epsilon,
+        "max_iterations": max_iterations,
+        "br_options": {"max_nodes": max_nodes, "epsilon": br_epsilon},
+    }
+    arguments = [
+        (model, r, init, seed, max_nodes, deadline, jesp_options, best_response, on_progress)
+        for r in range(restarts)
+    ]
+    if workers == 1 or restarts == 1:
+        outcomes = [_run_restart(*a) for a in arguments]
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, restarts), mp_context=context) as pool:
+            futures = [pool.submit(_run_restart, *a) for a in arguments]
+            outcomes = [f.result() for f in futures]
+    runs = [summary for summary, _ in outcomes]
+    best_value, best_fscs, source = -math.inf, None, "blind"
+    for summary, fscs in outcomes:
+        if fscs is not None and summary["value"] > best_value:
+            best_value, best_fscs, source = summary["value"], fscs, f"restart {summary['restart']}"
+    constant_value, _ = best_constant_joint_action(model)
+    if best_fscs is None or best_value < constant_value:
+        best_fscs = blind_init(model)
+        best_value = evaluate_joint(model, best_fscs).value
+        source = "blind"
+    return SolveResult(
+        fscs=best_fscs,
+        value=float(best_value),
+        upper_bound=qmdp_value(model),
+        fsc_sizes=[f.num_nodes for f in best_fscs],
+        iterations=sum(int(s["iterations"]) for s in runs),
+        time_s=time.monotonic() - started,
+        runs=runs,
+        source=source,
+    )

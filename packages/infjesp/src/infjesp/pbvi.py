@@ -1,0 +1,517 @@
+"""A point-based solver for best-response POMDPs in numpy/scipy ("SARSOP-lite", design doc §2.3).
+
+* **Lower bound**: α-vectors, started from the blind policies ("always play a"), improved by
+  point-based backups at the beliefs collected so far, one belief at a time along a trial and
+  for all collected beliefs at once (vectorised) between trials; dominated and duplicate
+  α-vectors are pruned (an α survives when it is the best one at some collected belief).
+* **Upper bound**: the fast informed bound (FIB) on the corners, refined by a sawtooth point set
+  (one point per HSVI update, corner updates near the corners, and a batched re-backup of all
+  points between trials while that is cheap).
+* **Belief collection**: HSVI forward trials from b0, choosing the action greedy w.r.t. the upper
+  bound and the observation that maximises ``P(z)·(excess gap at the successor)``, stopping when
+  the gap is below ``ε'/γ^depth``; both bounds are backed up along the trial on the way back.
+  As in SARSOP, each trial aims at ``ε' = max(ε, gap(b0)/2)`` rather than at ε directly, which
+  gives shallower trials and a broader belief set.
+
+The observation of a best-response POMDP is a deterministic function of the next state
+(``obs[e']``), so ``T[a][:, obs == z]`` is the whole ``(a, z)`` projection.
+
+Shape legend: E extended states, A actions, Z observations, K α-vectors, B beliefs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse
+import scipy.sparse.linalg
+
+from infjesp.bestresponse import BestResponsePOMDP
+from infjesp.errors import InfJespError
+
+__all__ = ["AlphaVectors", "SolveResult", "fib_upper_bound", "solve"]
+
+_TRIAL_GAP_FRACTION = 0.5
+# Successor beliefs per upper-bound sweep over all stored points (skipped when larger).
+_SWEEP_BUDGET = 4000
+# Above this many (query, point entry) pairs the sawtooth first filters the points per query.
+_DENSE_SAWTOOTH = 2_000_000
+
+
+@dataclass(frozen=True, eq=False)
+class AlphaVectors:
+    """A set of α-vectors with their actions; ``V(b) = max_k α_k · b``.
+
+    Attributes:
+        alphas: ``(K, E)`` float.
+        actions: ``(K,)`` int, the action of each α-vector.
+    """
+
+    alphas: np.ndarray
+    actions: np.ndarray
+
+    def value(self, b: np.ndarray) -> float:
+        """The lower-bound value ``max_k α_k · b`` of belief ``b`` (``(E,)``)."""
+        return float((self.alphas @ b).max())
+
+    def best(self, b: np.ndarray) -> int:
+        """Index of the α-vector that is maximal at ``b`` (the first one on ties)."""
+        return int(np.argmax(self.alphas @ b))
+
+    def __len__(self) -> int:
+        return int(self.actions.size)
+
+
+@dataclass(frozen=True, eq=False)
+class SolveResult:
+    """Outcome of :func:`solve`.
+
+    Attributes:
+        alphas: The lower-bound α-vectors.
+        lower: Lower bound at b0 (the α-value, achievable by the α policy).
+        upper: Upper bound at b0.
+        beliefs: Number of collected beliefs.
+        iterations: Number of HSVI trials.
+        seconds: Wall time.
+        converged: Whether ``upper - lower < epsilon`` at b0.
+    """
+
+    alphas: AlphaVectors
+    lower: float
+    upper: float
+    beliefs: int
+    iterations: int
+    seconds: float
+    converged: bool = False
+
+
+class _Model:
+    """Precomputed matrices of a best-response POMDP."""
+
+    def __init__(self, br: BestResponsePOMDP) -> None:
+        self.E, self.A, self.Z = br.num_states, br.num_actions, br.num_observations
+        self.gamma = float(br.discount)
+        self.R = np.asarray(br.R, dtype=float)  # (E, A)
+        self.T = [scipy.sparse.csr_matrix(t) for t in br.T]
+        self.TT = [t.T.tocsr() for t in self.T]  # (E', E) for belief propagation
+        self.obs = np.asarray(br.obs)
+        self.obs_or0 = np.where(self.obs < 0, 0, self.obs)  # "none" never is a successor
+        masks = [(self.obs == z).astype(float) for z in range(self.Z)]
+        # M[a][z] = T[a] restricted to the columns whose stored observation is z.
+        self.M = [[(t @ scipy.sparse.diags(mask)).tocsr() for mask in masks] for t in self.T]
+        self.onehot = np.zeros((self.E, self.Z))  # (E, Z) selector of obs
+        valid = self.obs >= 0
+        self.onehot[np.flatnonzero(valid), self.obs[valid]] = 1.0
+        self.TT_stack = scipy.sparse.vstack(self.TT).tocsr()  # (A·E', E)
+
+    def successors(self, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """All successors of ``b``: probabilities ``(A, Z)`` and beliefs ``(A, Z, E)``."""
+        w = (self.TT_stack @ b).reshape(self.A, self.E)  # unnormalised successors per action
+        probs = w @ self.onehot  # (A, Z)
+        nexts = w[:, None, :] * self.onehot.T[None, :, :]  # (A, Z, E)
+        safe = np.where(probs > 0, probs, 1.0)
+        return probs, nexts / safe[:, :, None]
+
+
+def fib_upper_bound(
+    br: BestResponsePOMDP, tol: float = 1e-9, max_iter: int = 100_000
+) -> np.ndarray:
+    """The fast informed bound ``Q (E, A)``: ``Q(e,a) = R(e,a) + γ Σ_z max_a' Σ_e' M_az Q(·,a')``.
+
+    Raises:
+        InfJespError: When the discount is >= 1.
+    """
+    _check_discount(br)
+    return _fib(_Model(br), tol, max_iter)
+
+
+def _fib(m: _Model, tol: float, max_iter: int) -> np.ndarray:
+    # Start from the trivial upper value max R / (1 - γ) and iterate (a γ-contraction).
+    Q = np.full((m.E, m.A), float(m.R.max()) / (1.0 - m.gamma))
+    for _ in range(max_iter):
+        new = m.R.copy()
+        for a in range(m.A):
+            for z in range(m.Z):
+                new[:, a] += m.gamma * (m.M[a][z] @ Q).max(axis=1)
+        delta = float(np.abs(new - Q).max())
+        Q = new
+        if delta * m.gamma / (1.0 - m.gamma) < tol:
+            break
+    return Q
+
+
+def _blind_alphas(m: _Model) -> np.ndarray:
+    """``(A, E)``: value of always playing ``a``, ``(I - γ T_a)^{-1} R[:, a]``."""
+    eye = scipy.sparse.identity(m.E, format="csc")
+    out = np.empty((m.A, m.E))
+    for a in range(m.A):
+        out[a] = scipy.sparse.linalg.spsolve((eye - m.gamma * m.T[a]).tocsc(), m.R[:, a])
+    return out
+
+
+def _check_discount(br: BestResponsePOMDP) -> None:
+    if not 0.0 <= br.discount < 1.0:
+        raise InfJespError(
+            f"solving a best-response POMDP needs a discount in [0, 1), got {br.discount:g}; "
+            "pass --discount 0.9"
+        )
+
+
+class _Upper:
+    """Sawtooth upper bound: corner values plus a set of (belief, value) points."""
+
+    def __init__(self, corners: np.ndarray) -> None:
+        self.corners = corners.copy()  # (E,)
+        self._cols: list[np.ndarray] = []
+        self._vals: list[np.ndarray] = []
+        self._value: list[float] = []
+        self._index: dict[bytes, int] = {}
+        self._cache: tuple[scipy.sparse.csr_matrix, scipy.sparse.csr_matrix] | None = None
+        self._delta: np.ndarray | None = None  # value − b·corners per point
+
+    def __len__(self) -> int:
+        return len(self._value)
+
+    def add(self, b: np.ndarray, value: float, current: float | None = None) -> None:
+        """Add the point ``(b, value)`` if it lowers the bound at ``b`` (``current``, if known)."""
+        if current is None:
+            current = float(self.values(b[None])[0])
+        if value >= current - 1e-12 or value >= float(b @ self.corners):
+            return
+        key = np.round(b, 12).tobytes()
+        index = self._index.get(key)
+        if index is not None:  # the same belief again: lower its value in place
+            self._value[index] = min(self._value[index], value)
+            self._delta = None
+            return
+        self._index[key] = len(self._value)
+        cols = np.flatnonzero(b > 0)
+        self._cols.append(cols)
+        self._vals.append(b[cols])
+        self._value.append(value)
+        self._cache = None
+        self._delta = None
+
+    def point_beliefs(self) -> np.ndarray:
+        """``(points, E)`` dense matrix of the point beliefs."""
+        if not self._value:
+            return np.zeros((0, self.corners.size))
+        return self._matrices()[0].toarray()
+
+    def lower_values(self, values: np.ndarray) -> None:
+        """Lower every point's value to ``values`` where that is lower."""
+        current = np.array(self._value)
+        if np.any(values < current - 1e-12):
+            self._value = list(np.minimum(current, values))
+            self._delta = None
+
+    def lower_corner(self, e: int, value: float) -> None:
+        """Lower the corner value of state ``e`` to ``value`` (if lower)."""
+        if value < self.corners[e] - 1e-12:
+            self.corners[e] = value
+            self._delta = None
+
+    def _matrices(self) -> tuple[scipy.sparse.csr_matrix, scipy.sparse.csr_matrix]:
+        """The points ``(points, E)`` and their 0/1 support pattern, as CSR (cached)."""
+        if self._cache is None:
+            lengths = np.array([c.size for c in self._cols])
+            indptr = np.concatenate([[0], np.cumsum(lengths)])
+            cols = np.concatenate(self._cols)
+            vals = np.concatenate(self._vals)
+            shape = (len(self._cols), self.corners.size)
+            points = scipy.sparse.csr_matrix((vals, cols, indptr), shape=shape)
+            pattern = scipy.sparse.csr_matrix((np.ones_like(vals), cols, indptr), shape=shape)
+            self._cache = (points, pattern)
+        return self._cache
+
+    def values(self, beliefs: np.ndarray) -> np.ndarray:
+        """Upper bound of each row of ``beliefs`` (``(Q, E)``).
+
+        A point j contributes ``φ_j·δ_j`` with ``φ_j = min_{e ∈ supp(b_j)} b(e)/b_j(e)``, which is 0
+        unless ``supp(b_j) ⊆ supp(b)``; a sparse pattern product finds those points first.
+        """
+        base = beliefs @ self.corners
+        if not self._value:
+            return base
+        points, pattern = self._matrices()
+        if self._delta is None:
+            self._delta = np.minimum(0.0, np.array(self._value) - points @ self.corners)
+        indptr, cols, vals = points.indptr, points.indices, points.data
+        if beliefs.shape[0] * vals.size <= _DENSE_SAWTOOTH:  # small: all points, all queries
+            phi_all = np.minimum.reduceat(beliefs[:, cols] / vals, indptr[:-1], axis=1)
+            return base + np.minimum(0.0, (phi_all * self._delta).min(axis=1))
+        outside = pattern @ (beliefs <= 0).T.astype(float)  # (points, Q): support misses
+        out = base.copy()
+        for q in range(beliefs.shape[0]):
+            candidates = np.flatnonzero(outside[:, q] == 0)
+            if not candidates.size:
+                continue
+            lengths = indptr[candidates + 1] - indptr[candidates]
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            gather = np.arange(int(lengths.sum())) + np.repeat(indptr[candidates] - starts, lengths)
+            ratio = beliefs[q, cols[gather]] / vals[gather]
+            phi = np.minimum.reduceat(ratio, starts)
+            out[q] += min(0.0, float((phi * self._delta[candidates]).min()))
+        return out
+
+
+class _Solver:
+    def __init__(self, br: BestResponsePOMDP) -> None:
+        self.m = _Model(br)
+        m = self.m
+        blind = _blind_alphas(m)
+        self._buffer = blind.copy()  # α-vectors live in the first ``self._count`` rows
+        self._buffer_actions = np.arange(m.A)
+        self._count = m.A
+        self.upper = _Upper(_fib(m, 1e-9, 100_000).max(axis=1))
+        self.beliefs: list[np.ndarray] = []
+        self._belief_keys: set[bytes] = set()
+
+    # ------------------------------------------------------------------ α storage
+    @property
+    def alphas(self) -> np.ndarray:
+        return self._buffer[: self._count]
+
+    @property
+    def actions(self) -> np.ndarray:
+        return self._buffer_actions[: self._count]
+
+    def set_alphas(self, alphas: np.ndarray, actions: np.ndarray) -> None:
+        self._buffer = np.array(alphas, dtype=float)
+        self._buffer_actions = np.array(actions, dtype=np.int64)
+        self._count = len(actions)
+
+    def append_alpha(self, alpha: np.ndarray, action: int) -> None:
+        if self._count == len(self._buffer):  # grow geometrically: amortised O(1) appends
+            grow = max(16, self._count)
+            self._buffer = np.vstack([self._buffer, np.empty((grow, self._buffer.shape[1]))])
+            self._buffer_actions = np.concatenate(
+                [self._buffer_actions, np.zeros(grow, dtype=np.int64)]
+            )
+        self._buffer[self._count] = alpha
+        self._buffer_actions[self._count] = action
+        self._count += 1
+
+    # ------------------------------------------------------------------ bounds
+    def lower_value(self, beliefs: np.ndarray) -> np.ndarray:
+        return (beliefs @ self.alphas.T).max(axis=-1)
+
+    def add_belief(self, b: np.ndarray) -> None:
+        key = np.round(b, 12).tobytes()
+        if key not in self._belief_keys:
+            self._belief_keys.add(key)
+            self.beliefs.append(b)
+
+    def backup_point(self, b: np.ndarray) -> None:
+        """Point-based backup of the lower bound at ``b``; adds the α if it improves at ``b``."""
+        m = self.m
+        w = (m.TT_stack @ b).reshape(m.A, m.E)  # (A, E) unnormalised successors
+        split = (w[:, :, None] * m.onehot[None]).transpose(1, 0, 2).reshape(m.E, m.A * m.Z)
+        proj = (self.alphas @ split).reshape(-1, m.A, m.Z).transpose(1, 0, 2)  # (A, K, Z)
+        q = b @ m.R + m.gamma * proj.max(axis=1).sum(axis=1)  # (A,)
+        a = int(np.argmax(q))
+        if q[a] <= float((self.alphas @ b).max()) + 1e-12:
+            return
+        chosen = proj[a].argmax(axis=0)  # (Z,)
+        g = self.alphas[chosen[m.obs_or0], np.arange(m.E)]  # (E,)
+        alpha = m.R[:, a] + m.gamma * (m.T[a] @ g)
+        self.append_alpha(alpha, a)
+
+    def upper_sweep(self, budget: int) -> None:
+        """Back up the upper bound at every stored point (and corner) at once, within budget.
+
+        ``budget`` caps the number of successor beliefs (points·A·Z·E entries / E) evaluated.
+        """
+        m = self.m
+        points = self.upper.point_beliefs()
+        with_corners = (len(points) + m.E) * m.A * m.Z <= budget
+        if with_corners:
+            points = np.vstack([points, np.eye(m.E)])
+        n = len(points)
+        if n == 0 or n * m.A * m.Z > budget:
+            return
+        w = (m.TT_stack @ points.T).reshape(m.A, m.E, n).transpose(2, 0, 1)  # (n, A, E)
+        probs = w @ m.onehot  # (n, A, Z)
+        nexts = w[:, :, None, :] * m.onehot.T[None, None, :, :]  # (n, A, Z, E)
+        nexts /= np.where(probs > 0, probs, 1.0)[:, :, :, None]
+        ub_next = self.upper.values(nexts.reshape(-1, m.E)).reshape(n, m.A, m.Z)
+        q = points @ m.R + m.gamma * (probs * ub_next).sum(axis=2)  # (n, A)
+        new = q.max(axis=1)
+        if with_corners:
+            for e in np.flatnonzero(new[n - m.E :] < self.upper.corners - 1e-12):
+                self.upper.lower_corner(int(e), float(new[n - m.E + e]))
+            new = new[: n - m.E]
+        self.upper.lower_values(new)
+
+    def backup_all(self) -> None:
+        """One vectorised point-based backup at every collected belief, then prune."""
+        m = self.m
+        B = scipy.sparse.csr_matrix(np.array(self.beliefs))  # (B, E)
+        nb = B.shape[0]
+        values = np.empty((nb, m.A))
+        chosen = np.empty((m.A, m.Z, nb), dtype=np.int64)
+        for a in range(m.A):
+            values[:, a] = B @ m.R[:, a]
+            for z in range(m.Z):
+                proj = np.asarray((B @ m.M[a][z]) @ self.alphas.T)  # (B, K)
+                chosen[a, z] = proj.argmax(axis=1)
+                values[:, a] += m.gamma * proj.max(axis=1)
+        best = values.argmax(axis=1)
+        new_alphas = np.empty((nb, m.E))
+        cols = np.arange(m.E)[:, None]
+        for a in range(m.A):
+            which = np.flatnonzero(best == a)
+            if not which.size:
+                continue
+            G = self.alphas[chosen[a][:, which][m.obs_or0], cols]  # (E, |which|)
+            new_alphas[which] = (m.R[:, a][:, None] + m.gamma * (m.T[a] @ G)).T
+        self.set_alphas(np.vstack([self.alphas, new_alphas]), np.concatenate([self.actions, best]))
+        self.prune()
+
+    def prune(self) -> None:
+        """Keep the α-vectors that are maximal at some collected belief (no duplicates)."""
+        if not self.beliefs:
+            return
+        B = np.array(self.beliefs)
+        keep = np.unique((B @ self.alphas.T).argmax(axis=1))
+        self.set_alphas(self.alphas[keep], self.actions[keep])
+
+    # ------------------------------------------------------------------ trials
+    def trial(
+        self, b0: np.ndarray, epsilon: float, max_depth: int, deadline: float = math.inf
+    ) -> int:
+        """One HSVI trial from b0 (the descent stops early past ``deadline``); returns its depth."""
+        m = self.m
+        path: list[np.ndarray] = []
+        b = b0
+        depth = 0
+        ub = float(self.upper.values(b[None])[0])
+        while depth < max_depth and time.perf_counter() < deadline:
+            lb = float(self.lower_value(b))
+            threshold = epsilon / m.gamma**depth
+            if ub - lb <= threshold:
+                break
+            probs, nexts = m.successors(b)
+            flat = nexts.reshape(-1, m.E)
+            ub_next = self.upper.values(flat).reshape(m.A, m.Z)
+            q_upper = b @ m.R + m.gamma * (probs * ub_next).sum(axis=1)
+            a = int(np.argmax(q_upper))
+            self.upper.add(b, float(q_upper[a]), ub)
+            path.append(b)
+            self.add_belief(b)
+            lb_next = self.lower_value(nexts[a])
+            score = probs[a] * (ub_next[a] - lb_next - threshold / m.gamma)
+            z = int(np.argmax(score))
+            if probs[a, z] <= 0 or score[z] <= 0:
+                break
+            b = nexts[a, z]
+            ub = float(ub_next[a, z])
+            depth += 1
+        for b in reversed(path):
+            self.backup_point(b)
+            probs, nexts = m.successors(b)
+            ub_next = self.upper.values(nexts.reshape(-1, m.E)).reshape(m.A, m.Z)
+            q_upper = b @ m.R + m.gamma * (probs * ub_next).sum(axis=1)
+            self.upper.add(b, float(q_upper.max()))
+            e = int(np.argmax(b))
+            if b[e] > 0.99:  # near a corner: back up the corner itself (HSVI corner update)
+                self.corner_update(e)
+        return depth
+
+    def corner_update(self, e: int) -> None:
+        m = self.m
+        corner = np.zeros(m.E)
+        corner[e] = 1.0
+        probs, nexts = m.successors(corner)
+        ub_next = self.upper.values(nexts.reshape(-1, m.E)).reshape(m.A, m.Z)
+        q_upper = m.R[e] + m.gamma * (probs * ub_next).sum(axis=1)
+        self.upper.lower_corner(e, float(q_upper.max()))
+
+
+def solve(
+    br: BestResponsePOMDP,
+    *,
+    epsilon: float = 1e-4,
+    max_beliefs: int = 2000,
+    max_iterations: int = 10_000,
+    time_limit: float | None = None,
+    rng: np.random.Generator | int | None = None,
+) -> SolveResult:
+    """Solve a best-response POMDP from its b0 with HSVI-guided point-based backups.
+
+    Args:
+        br: The POMDP (discount < 1).
+        epsilon: Target gap ``upper − lower`` at b0.
+        max_beliefs: Stop once this many beliefs are collected.
+        max_iterations: Maximum number of HSVI trials.
+        time_limit: Wall-clock budget in seconds, or None. It is checked during the descent of a
+            trial and between trials; the backups after it (and the model set-up) still run, so
+            the call can overrun by one backup sweep.
+        rng: Accepted for API symmetry; the solver is deterministic and does not draw from it.
+
+    Returns:
+        The α-vectors and the bounds at b0.
+
+    Raises:
+        InfJespError: When the discount is >= 1.
+        ValueError: On a non-positive ``epsilon``, ``max_beliefs`` or ``max_iterations``.
+    """
+    del rng
+    if not epsilon > 0:
+        raise ValueError(f"epsilon must be > 0, got {epsilon!r}")
+    if max_beliefs < 1 or max_iterations < 1:
+        raise ValueError("max_beliefs and max_iterations must be >= 1")
+    _check_discount(br)
+    started = time.perf_counter()
+    solver = _Solver(br)
+    gamma = solver.m.gamma
+    b0 = np.asarray(br.b0, dtype=float)
+    span = float(np.abs(solver.upper.corners).max() + np.abs(solver.alphas).max())
+    if gamma > 0 and span > 0:
+        max_depth = int(min(1000, max(1, math.ceil(math.log(epsilon / span) / math.log(gamma)))))
+    else:
+        max_depth = 1
+    deadline = math.inf if time_limit is None else started + float(time_limit)
+    solver.add_belief(b0)
+    iterations = 0
+    last_full = 0
+    converged = False
+    while True:
+        ub0 = float(solver.upper.values(b0[None])[0])
+        lb0 = float(solver.lower_value(b0))
+        if ub0 - lb0 < epsilon:
+            converged = True
+            break
+        if iterations >= max_iterations or len(solver.beliefs) >= max_beliefs:
+            break
+        if time.perf_counter() > deadline:
+            break
+        # Like SARSOP, aim each trial at a fraction of the current gap rather than at epsilon:
+        # shallower trials, more of them, the same limit.
+        target = max(epsilon, _TRIAL_GAP_FRACTION * (ub0 - lb0))
+        solver.trial(b0, target, max_depth, deadline)
+        iterations += 1
+        if len(solver.beliefs) >= max(16, int(1.2 * last_full)) or iterations % 20 == 0:
+            solver.backup_all()
+            solver.upper_sweep(_SWEEP_BUDGET)
+            last_full = len(solver.beliefs)
+    if len(solver.beliefs) > last_full:
+        solver.backup_all()
+    ub0 = float(solver.upper.values(b0[None])[0])
+    lb0 = float(solver.lower_value(b0))
+    alphas = solver.alphas.copy()
+    actions = solver.actions.copy()
+    alphas.setflags(write=False)
+    actions.setflags(write=False)
+    return SolveResult(
+        alphas=AlphaVectors(alphas, actions),
+        lower=lb0,
+        upper=ub0,
+        beliefs=len(solver.beliefs),
+        iterations=iterations,
+        seconds=time.perf_counter() - started,
+        converged=converged or ub0 - lb0 < epsilon,
+    )
