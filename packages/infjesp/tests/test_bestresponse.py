@@ -291,3 +291,17 @@ def test_three_agents(agent: int) -> None:
     result = best_response(model, fscs, agent, time_limit=1.0)
     assert result.bound >= current - 1e-3
     assert result.value <= result.upper + 1e-6
+
+
+def test_stall_stop_saves_work_without_losing_the_lower_bound() -> None:
+    # A Broadcast BR against random 5-node FSCs: the lower bound settles early while the upper
+    # bound keeps the gap open (the reason for the stall stop), so stopping saves beliefs.
+    model = _load("broadcastChannel.dpomdp")
+    br = build_best_response(model, _random_fscs(model, 1), 0)
+    full = solve(br, stall_rounds=None, max_beliefs=1200, time_limit=60.0)
+    stalled = solve(br, stall_rounds=5, stall_min_beliefs=200, max_beliefs=1200, time_limit=60.0)
+    assert stalled.beliefs < full.beliefs
+    assert stalled.lower >= full.lower - 1e-3 * max(1.0, abs(full.lower))
+    assert stalled.lower <= stalled.upper + 1e-9
+    with pytest.raises(ValueError, match="stall_rounds"):
+        solve(br, stall_rounds=0)

@@ -439,6 +439,9 @@ def solve(
     max_iterations: int = 10_000,
     time_limit: float | None = None,
     rng: np.random.Generator | int | None = None,
+    stall_rounds: int | None = 5,
+    stall_tolerance: float = 1e-6,
+    stall_min_beliefs: int = 500,
 ) -> SolveResult:
     """Solve a best-response POMDP from its b0 with HSVI-guided point-based backups.
 
@@ -451,15 +454,26 @@ def solve(
             trial and between trials; the backups after it (and the model set-up) still run, so
             the call can overrun by one backup sweep.
         rng: Accepted for API symmetry; the solver is deterministic and does not draw from it.
+        stall_rounds: Stall-based stop: after each batched lower-bound backup the lower bound
+            at b0 is recorded, and the solve stops (``converged=False``) once it has improved by
+            less than ``stall_tolerance · max(1, |lower|)`` over the last ``stall_rounds`` batched
+            backups while at least ``stall_min_beliefs`` beliefs are collected. The upper bound
+            often converges much more slowly than the lower bound, so this saves time that would
+            not improve the policy. None disables the check (run to ε or a limit).
+        stall_tolerance: Relative improvement below which the lower bound counts as stalled.
+        stall_min_beliefs: Beliefs to collect before the stall check may stop the solve.
 
     Returns:
         The α-vectors and the bounds at b0.
 
     Raises:
         InfJespError: When the discount is >= 1.
-        ValueError: On a non-positive ``epsilon``, ``max_beliefs`` or ``max_iterations``.
+        ValueError: On a non-positive ``epsilon``, ``max_beliefs`` or ``max_iterations``, or
+            on ``stall_rounds < 1``.
     """
     del rng
+    if stall_rounds is not None and stall_rounds < 1:
+        raise ValueError(f"stall_rounds must be >= 1 or None, got {stall_rounds!r}")
     if not epsilon > 0:
         raise ValueError(f"epsilon must be > 0, got {epsilon!r}")
     if max_beliefs < 1 or max_iterations < 1:
@@ -479,6 +493,7 @@ def solve(
     iterations = 0
     last_full = 0
     converged = False
+    history: list[float] = []  # lower bound at b0 after each batched backup
     while True:
         ub0 = float(solver.upper.values(b0[None])[0])
         lb0 = float(solver.lower_value(b0))
@@ -498,6 +513,15 @@ def solve(
             solver.backup_all()
             solver.upper_sweep(_SWEEP_BUDGET)
             last_full = len(solver.beliefs)
+            if stall_rounds is not None:
+                history.append(float(solver.lower_value(b0)))
+                if (
+                    len(history) > stall_rounds
+                    and len(solver.beliefs) >= stall_min_beliefs
+                    and history[-1] - history[-1 - stall_rounds]
+                    < stall_tolerance * max(1.0, abs(history[-1]))
+                ):
+                    break
     if len(solver.beliefs) > last_full:
         solver.backup_all()
     ub0 = float(solver.upper.values(b0[None])[0])
