@@ -428,25 +428,13 @@ def simulate_joint_pomdp_py(
     O = np.asarray(model.O, dtype=float)  # noqa: E741
     R = np.asarray(model.R, dtype=float)
 
-    class JointState(pomdp_py.State):
-        def __init__(self, index: int) -> None:
-            self.index = index
+    from infjesp.pomdp_py_adapter import _Indexed  # the integer-label mixin the adapter uses
 
-        def __hash__(self) -> int:
-            return hash(self.index)
+    class JointState(_Indexed, pomdp_py.State):
+        """A world state, by index."""
 
-        def __eq__(self, other: object) -> bool:
-            return isinstance(other, JointState) and other.index == self.index
-
-    class JointAction(pomdp_py.Action):
-        def __init__(self, index: int) -> None:
-            self.index = index
-
-        def __hash__(self) -> int:
-            return hash(self.index)
-
-        def __eq__(self, other: object) -> bool:
-            return isinstance(other, JointAction) and other.index == self.index
+    class JointAction(_Indexed, pomdp_py.Action):
+        """A joint action, by index."""
 
     class Transition(pomdp_py.TransitionModel):
         def sample(self, state: JointState, action: JointAction) -> JointState:

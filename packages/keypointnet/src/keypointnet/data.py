@@ -500,6 +500,20 @@ def _format_rows(fmt: str, rows: np.ndarray) -> bytes:
 
 
 # =========================================================================== point clouds (PCD)
+def _colors_uint8(values: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """Validate per-point/per-vertex colours (shape ``shape``, integers 0..255) as uint8."""
+    colors = np.asarray(values)
+    if colors.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {colors.shape}")
+    if colors.dtype != np.uint8 and (
+        not np.issubdtype(colors.dtype, np.integer)
+        or colors.min(initial=0) < 0
+        or colors.max(initial=0) > 255
+    ):
+        raise ValueError(f"{name} must hold integers 0..255 (uint8)")
+    return np.ascontiguousarray(colors, dtype=np.uint8)
+
+
 @dataclass(slots=True)
 class PointCloud:
     """A point cloud as stored in KeypointNet's ``pcds/<synset>/<model_id>.pcd``.
@@ -517,18 +531,7 @@ class PointCloud:
         if self.points.ndim != 2 or self.points.shape[1] != 3:
             raise ValueError(f"PointCloud.points must have shape (N, 3), got {self.points.shape}")
         if self.rgb is not None:
-            rgb = np.asarray(self.rgb)
-            if rgb.shape != self.points.shape:
-                raise ValueError(
-                    f"PointCloud.rgb must have shape {self.points.shape}, got {rgb.shape}"
-                )
-            if rgb.dtype != np.uint8 and (
-                not np.issubdtype(rgb.dtype, np.integer)
-                or rgb.min(initial=0) < 0
-                or rgb.max(initial=0) > 255
-            ):
-                raise ValueError("PointCloud.rgb must hold integers 0..255 (uint8)")
-            self.rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+            self.rgb = _colors_uint8(self.rgb, self.points.shape, "PointCloud.rgb")
 
 
 _PCD_KEYS = ("VERSION", "FIELDS", "SIZE", "TYPE", "COUNT", "WIDTH", "HEIGHT", "VIEWPOINT", "POINTS")
@@ -817,18 +820,9 @@ class Mesh:
                 f"{self.faces.min()}..{self.faces.max()}"
             )
         if self.vertex_colors is not None:
-            colors = np.asarray(self.vertex_colors)
-            if colors.shape != self.vertices.shape:
-                raise ValueError(
-                    f"Mesh.vertex_colors must have shape {self.vertices.shape}, got {colors.shape}"
-                )
-            if colors.dtype != np.uint8 and (
-                not np.issubdtype(colors.dtype, np.integer)
-                or colors.min(initial=0) < 0
-                or colors.max(initial=0) > 255
-            ):
-                raise ValueError("Mesh.vertex_colors must hold integers 0..255 (uint8)")
-            self.vertex_colors = np.ascontiguousarray(colors, dtype=np.uint8)
+            self.vertex_colors = _colors_uint8(
+                self.vertex_colors, self.vertices.shape, "Mesh.vertex_colors"
+            )
 
 
 def _fan_triangulate(flat: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
