@@ -1,0 +1,1 @@
+"""MReD meta-review tools: loaders, sentence classifier, controllable summarisation, evaluation."""
