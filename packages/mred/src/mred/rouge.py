@@ -56,7 +56,23 @@ def _ngrams(tokens: Sequence[str], n: int) -> Counter[tuple[str, ...]]:
 
 
 def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    """Length of the longest common subsequence (O(len(a)·len(b)) time, O(len(b)) memory)."""
+    """Length of the longest common subsequence, bit-parallel (Hyyrö 2004): one big-int word
+    of len(a) bits, O(len(b)) big-int operations instead of a len(a)·len(b) table."""
+    if not a or not b:
+        return 0
+    masks: dict[str, int] = {}
+    for i, token in enumerate(a):
+        masks[token] = masks.get(token, 0) | (1 << i)
+    full = (1 << len(a)) - 1
+    v = full
+    for token in b:
+        u = v & masks.get(token, 0)
+        v = ((v + u) | (v - u)) & full
+    return len(a) - v.bit_count()
+
+
+def lcs_length_reference(a: Sequence[str], b: Sequence[str]) -> int:
+    """The textbook dynamic programme (O(len(a)·len(b))); the reference in tests."""
     if not a or not b:
         return 0
     previous = [0] * (len(b) + 1)
