@@ -1,0 +1,3 @@
+from ptrain.moe.cli import main
+
+raise SystemExit(main())
