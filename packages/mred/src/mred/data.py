@@ -200,14 +200,19 @@ def collapse_segments(labels: Sequence[str]) -> list[str]:
     return out
 
 
-def parse_control(text: str) -> tuple[tuple[str, ...] | None, str]:
+def parse_control(text: str, *, strict: bool = True) -> tuple[tuple[str, ...] | None, str]:
     """Splits a model input into its control labels (None without a prefix) and the source.
 
     The control is the text before the first ``==>``; further leading ``==>`` (the release's
     ``"...  ==>  ==> source"`` quirk, from an empty first paragraph) are stripped from the source.
 
+    Args:
+        text: a CSV ``text`` field.
+        strict: raise when the text before ``==>`` is not a label list; when False such a text
+            has no control (reviews may contain ``==>`` themselves).
+
     Raises:
-        ValueError: the prefix holds something that is not one of ``LABELS``.
+        ValueError: ``strict`` and the prefix holds something that is not one of ``LABELS``.
     """
     head, arrow, tail = text.partition(CONTROL_ARROW)
     if not arrow:
@@ -215,8 +220,11 @@ def parse_control(text: str) -> tuple[tuple[str, ...] | None, str]:
     labels = tuple(part.strip() for part in head.split("|"))
     for label in labels:
         if label not in LABEL_INDEX:
+            if not strict:
+                return None, text
+            shown = label if len(label) <= 40 else label[:37] + "..."
             raise ValueError(
-                f"control prefix holds {label!r}, not a label (expected one of "
+                f"control prefix holds {shown!r}, not a label (expected one of "
                 f"{', '.join(LABELS)})"
             )
     source = tail.lstrip()
@@ -420,10 +428,13 @@ def read_bio(path: str | os.PathLike[str]) -> list[LabeledDocument]:
 def read_generation_csv(path: str | os.PathLike[str]) -> list[GenerationExample]:
     """Reads a ``text,summary`` CSV; a control prefix in ``text`` is parsed into labels.
 
-    The mode is ``unctrl`` without a prefix, ``seg-ctrl`` when the file name says so or the
-    control has no consecutive duplicates and the file name says nothing, else ``sent-ctrl``.
+    The mode is ``unctrl`` without a prefix, ``seg-ctrl`` when the file name says so, else
+    ``sent-ctrl``. In a file named ``*sent-ctrl*``/``*seg-ctrl*`` a prefix that is not a label
+    list is an error; elsewhere text before a ``==>`` only counts as a control when it is a
+    label list (review text can contain ``==>``: 1 row of ``val_longest.csv`` does).
     """
     name = Path(path).name
+    strict = "sent-ctrl" in name or "seg-ctrl" in name
     csv.field_size_limit(1 << 30)
     examples = []
     with open(path, encoding="utf-8", newline="") as file:
@@ -450,7 +461,7 @@ def read_generation_csv(path: str | os.PathLike[str]) -> list[GenerationExample]
             if len(row) != 2:
                 raise _error(path, start, f"expected 2 CSV fields (text, summary), got {len(row)}")
             try:
-                control, source = parse_control(row[0])
+                control, source = parse_control(row[0], strict=strict)
             except ValueError as error:
                 raise _error(path, start, str(error)) from None
             mode: ControlMode

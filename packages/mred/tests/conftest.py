@@ -1,0 +1,24 @@
+"""Shared fixtures: the small release under tests/assets and the shared MReD copy (if present)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ASSETS = Path(__file__).parent / "assets"
+RELEASE = ASSETS / "release"
+# ../shared relative to the repository root (packages/mred/tests -> parents[3] is the repo root).
+SHARED = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "mred"
+
+
+@pytest.fixture
+def release() -> Path:
+    return RELEASE
+
+
+@pytest.fixture
+def shared() -> Path:
+    if not (SHARED / "full_data_info.txt").is_file():
+        pytest.skip(f"the shared MReD copy is absent ({SHARED})")
+    return SHARED
