@@ -359,7 +359,9 @@ class MoE(nn.Module):
             self.b1 = nn.Parameter(torch.zeros(experts, hidden))
             self.b2 = nn.Parameter(torch.zeros(experts, dim))
         self.local_expert_ids: list[int] = list(range(experts))
-        self.ep_group: Any = None  # set by ptrain.moe.parallel.apply_expert_parallel
+        # Set by ptrain.moe.parallel.apply_expert_parallel (ep_group None = the world group).
+        self.expert_parallel = False
+        self.ep_group: Any = None
         self._activation = _ACTIVATIONS[config.activation]
         self.reset_parameters()
 
@@ -478,7 +480,7 @@ class MoE(nn.Module):
         token_A, expert_A, gate_A = token_A[order_A], expert_A[order_A], gate_A[order_A]
         tokens_per_expert_E = torch.bincount(expert_A, minlength=config.num_experts)
         x_AD = x_TD.index_select(0, token_A)
-        if self.ep_group is None:
+        if not self.expert_parallel:
             y_AD = self.run_experts(x_AD, tokens_per_expert_E.tolist())
         else:
             from ptrain.moe.parallel import expert_parallel_compute

@@ -76,6 +76,7 @@ def apply_expert_parallel(model: nn.Module, ep_group: comm.GroupLike) -> nn.Modu
                 setattr(layer, name, nn.Parameter(stacked.detach()[keep].clone()))
         layer.local_expert_ids = list(range(rank * local, (rank + 1) * local))
         layer.ep_group = ep_group
+        layer.expert_parallel = True
     return model
 
 
@@ -185,7 +186,7 @@ def full_state_dict(model: nn.Module) -> dict[str, Any]:
     """
     state = model.state_dict()
     for module_name, layer in model.named_modules():
-        if not isinstance(layer, MoE) or layer.ep_group is None:
+        if not isinstance(layer, MoE) or not layer.expert_parallel:
             continue
         prefix = f"{module_name}." if module_name else ""
         for name in MoE._EXPERT_TENSORS:
