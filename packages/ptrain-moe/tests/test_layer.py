@@ -225,7 +225,7 @@ def test_state_dict_uses_global_expert_ids_and_documented_attributes() -> None:
     other = _layer(seed=1)
     other.load_state_dict(state)
     torch.testing.assert_close(other.w2, layer.w2)
-    with pytest.raises(RuntimeError, match="experts.1.w1"):
+    with pytest.raises(RuntimeError, match=r"experts\.1\.w1"):
         other.load_state_dict({k: v for k, v in state.items() if k != "experts.1.w1"})
 
 

@@ -1,4 +1,4 @@
-"""Expert parallelism equals the single-process layer; composes with data parallelism; resharding."""
+"""Expert parallelism equals the single-process layer, composes with DP, and reshards."""
 
 from __future__ import annotations
 
@@ -155,7 +155,8 @@ def test_checkpoint_saved_at_ep2_loads_at_ep1_and_the_reverse(tmp_path: Path) ->
     torch.testing.assert_close(results[0]["features"], results[1]["features"])
     # ep=2 → ep=1: every expert is in the file, keyed by global id
     model = load_model(path)
-    torch.testing.assert_close(model(torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(1)))[0], results[0]["features"])  # fmt: skip
+    images = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(model(images)[0], results[0]["features"])
     moe_layers = [m for m in model.modules() if isinstance(m, MoE)]
     assert moe_layers and all(m.num_local_experts == m.num_experts for m in moe_layers)
     payload = torch.load(path, weights_only=True)
