@@ -107,8 +107,13 @@ def resnet18(width: int = 64, small_image_stem: bool = True, in_channels: int = 
     return ResNet((2, 2, 2, 2), width, small_image_stem, in_channels)
 
 
-#: Backbone presets by name: ``resnet18`` (paper) and ``resnet18-w16`` (CPU tests and demos).
-PRESETS = {"resnet18": {"width": 64}, "resnet18-w16": {"width": 16}}
+#: Backbone presets by name: ``resnet18`` (paper), ``resnet18-w16`` (CPU benchmarks and demos)
+#: and ``tiny`` (one block per stage, width 8: unit tests and the tour only).
+PRESETS: dict[str, dict[str, object]] = {
+    "resnet18": {"layers": (2, 2, 2, 2), "width": 64},
+    "resnet18-w16": {"layers": (2, 2, 2, 2), "width": 16},
+    "tiny": {"layers": (1, 1, 1, 1), "width": 8},
+}
 
 
 def build_backbone(name: str, small_image_stem: bool = True) -> ResNet:
@@ -119,4 +124,5 @@ def build_backbone(name: str, small_image_stem: bool = True) -> ResNet:
     """
     if name not in PRESETS:
         raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(PRESETS)}")
-    return resnet18(PRESETS[name]["width"], small_image_stem)
+    preset = PRESETS[name]
+    return ResNet(preset["layers"], preset["width"], small_image_stem)  # type: ignore[arg-type]

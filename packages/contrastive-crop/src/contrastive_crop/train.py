@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -313,6 +314,7 @@ def pretrain(config: PretrainConfig, data: DataSplits | None = None) -> dict[str
         )
     device = torch.device(config.device)
     torch.manual_seed(config.seed)
+    random.seed(config.seed)  # crop sizes and the other augmentations draw from `random`
     backbone = build_backbone(config.backbone)
     model = build_method(config.method, backbone, temperature=config.temperature).to(device)
     schedule = config.schedule()
@@ -347,8 +349,12 @@ def pretrain(config: PretrainConfig, data: DataSplits | None = None) -> dict[str
     }
     start_epoch = 1
     if config.resume and checkpointer is not None:
-        checkpoint = checkpointer.load_latest(model, optimizer, scheduler)
+        checkpoint = checkpointer.load_latest(model, optimizer)
         if checkpoint is not None:
+            # ptrain.core's warmup_cosine_schedule cannot be state_dict()-ed (its multiplier has
+            # __slots__), so the schedule position is stored as a step count instead.
+            scheduler.last_epoch = int(checkpoint.extra["scheduler_step"])
+            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
             train_set.set_boxes(checkpoint.extra["boxes"])
             history = checkpoint.extra["history"]
             start_epoch = int(checkpoint.extra["epoch"]) + 1
@@ -415,11 +421,11 @@ def pretrain(config: PretrainConfig, data: DataSplits | None = None) -> dict[str
                 epoch * steps_per_epoch,
                 model=model,
                 optimizer=optimizer,
-                scheduler=scheduler,
                 extra={
                     "epoch": epoch,
                     "boxes": train_set.boxes.clone(),
                     "history": history,
+                    "scheduler_step": scheduler.last_epoch,
                     "config": config.to_dict(),
                 },
             )

@@ -70,6 +70,13 @@ def check_box(box: Any) -> Box:
     Raises:
         ValueError: not 4 finite numbers, outside [0, 1], or inverted (min > max).
     """
+    if type(box) is tuple and len(box) == 4:  # fast path: what BoxedDataset passes
+        h0, w0, h1, w1 = box
+        if (
+            type(h0) is float and type(w0) is float and type(h1) is float and type(w1) is float
+            and 0.0 <= h0 <= h1 <= 1.0 and 0.0 <= w0 <= w1 <= 1.0
+        ):  # fmt: skip
+            return box  # type: ignore[no-any-return]
     if isinstance(box, Tensor):
         if box.numel() != 4:
             raise ValueError(f"box must have 4 elements, got a tensor of shape {tuple(box.shape)}")
