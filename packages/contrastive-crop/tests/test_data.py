@@ -43,7 +43,7 @@ def test_box_updates_reach_persistent_workers() -> None:
     new_boxes = torch.rand(8, 2).sort(dim=1).values.repeat_interleave(2, dim=1)[:, [0, 2, 1, 3]]
     dataset.set_boxes(new_boxes)
     seen, indices = [], []
-    for views, labels, index in loader:  # the same (persistent) workers
+    for views, _labels, index in loader:  # the same (persistent) workers
         seen.append(views[0])
         indices.append(index)
     assert torch.equal(torch.cat(indices), torch.arange(8))
@@ -111,7 +111,7 @@ def test_cifar100_binary_reader(tmp_path: Path) -> None:
     assert np.array_equal(fine.labels.numpy(), labels[:, 1])
     assert np.array_equal(coarse.labels.numpy(), labels[:, 0])
     assert np.array_equal(fine.images.numpy(), images)
-    with pytest.raises(FileNotFoundError, match="test.bin"):
+    with pytest.raises(FileNotFoundError, match=r"test\.bin"):
         read_cifar100_bin(tmp_path, train=False)
 
 
@@ -164,8 +164,8 @@ def test_clutter_digits_true_boxes_hold_the_digit() -> None:
     # average: the digit is there
     inside, outside = [], []
     for image, box in zip(data.images.float(), data.boxes, strict=True):
-        t, l, b, r = (box * 32).round().int().tolist()
-        inside.append(image[:, t:b, l:r].std().item())
+        top, left, bottom, right = (box * 32).round().int().tolist()
+        inside.append(image[:, top:bottom, left:right].std().item())
         outside.append(image.std().item())
     assert np.mean(inside) > np.mean(outside)
     test = make_clutter_digits(20, split="test")

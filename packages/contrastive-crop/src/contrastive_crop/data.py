@@ -486,12 +486,12 @@ def make_clutter_digits(
     bright = rng.random(n) < 0.5
     glyphs = torch.from_numpy(digits[chosen])[:, None]
     inks: dict[int, np.ndarray] = {}
-    for side in np.unique(sides):
-        index = np.flatnonzero(sides == side)
+    for unique_side in np.unique(sides).tolist():
+        members = np.flatnonzero(sides == unique_side)
         up = torch.nn.functional.interpolate(
-            glyphs[index], size=(int(side), int(side)), mode="bilinear", align_corners=False
+            glyphs[members], size=(unique_side, unique_side), mode="bilinear", align_corners=False
         )
-        for position, value in zip(index, up[:, 0].numpy().clip(0, 1), strict=True):
+        for position, value in zip(members, up[:, 0].numpy().clip(0, 1), strict=True):
             inks[int(position)] = value
     boxes = np.zeros((n, 4), dtype=np.float32)
     for index in range(n):

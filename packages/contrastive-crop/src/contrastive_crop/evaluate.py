@@ -128,6 +128,6 @@ def linear_probe(
         loss.backward()
         return loss
 
-    optimizer.step(closure)  # type: ignore[arg-type]
+    optimizer.step(closure)
     with torch.no_grad():
         return float((layer(x_test).argmax(1) == test_labels_M).float().mean())

@@ -133,7 +133,7 @@ def box_area(boxes_N4: Tensor) -> Tensor:
 def _default_feature_fn(model: torch.nn.Module) -> Callable[[Tensor], Tensor]:
     forward_features = getattr(model, "forward_features", None)
     if callable(forward_features):
-        return forward_features  # type: ignore[no-any-return]
+        return forward_features
     return model
 
 

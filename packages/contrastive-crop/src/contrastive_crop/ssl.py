@@ -170,7 +170,7 @@ class MoCo(_Framework):
             k1, k2 = F.normalize(
                 self.key_head(self.key_backbone(torch.cat([x1, x2]))), dim=1
             ).chunk(2)
-        queue: Tensor = self.queue  # type: ignore[assignment]
+        queue: Tensor = self.queue
         loss = 0.5 * (
             moco_loss(q1, k2, queue, self.temperature) + moco_loss(q2, k1, queue, self.temperature)
         )
@@ -181,12 +181,12 @@ class MoCo(_Framework):
     def after_step(self) -> None:
         _ema(self.key_backbone, self.backbone, self.momentum)
         _ema(self.key_head, self.head, self.momentum)
-        queue: Tensor = self.queue  # type: ignore[assignment]
+        queue: Tensor = self.queue
         for keys in self._pending:
             pointer = int(self.queue_ptr)
             index = (pointer + torch.arange(len(keys), device=keys.device)) % len(queue)
             queue[index] = keys
-            self.queue_ptr.fill_((pointer + len(keys)) % len(queue))  # type: ignore[operator]
+            self.queue_ptr.fill_((pointer + len(keys)) % len(queue))
         self._pending = []
 
 

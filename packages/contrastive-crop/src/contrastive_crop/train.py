@@ -254,8 +254,8 @@ def load_data(
             return ArrayDataset(stacked, labels)
 
         if (folder / "train").is_dir():
-            test = load(folder / "test") if (folder / "test").is_dir() else None
-            return DataSplits(load(folder / "train"), test)
+            test_split = load(folder / "test") if (folder / "test").is_dir() else None
+            return DataSplits(load(folder / "train"), test_split)
         return DataSplits(load(folder), None)
     raise ValueError(f"unknown data {name!r}; expected one of {', '.join(DATASETS)}")
 

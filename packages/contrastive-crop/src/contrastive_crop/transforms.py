@@ -76,7 +76,7 @@ def check_box(box: Any) -> Box:
             type(h0) is float and type(w0) is float and type(h1) is float and type(w1) is float
             and 0.0 <= h0 <= h1 <= 1.0 and 0.0 <= w0 <= w1 <= 1.0
         ):  # fmt: skip
-            return box  # type: ignore[no-any-return]
+            return box
     if isinstance(box, Tensor):
         if box.numel() != 4:
             raise ValueError(f"box must have 4 elements, got a tensor of shape {tuple(box.shape)}")
@@ -141,7 +141,7 @@ def _check_size(size: int | Sequence[int]) -> tuple[int, int]:
         pair = (size, size)
     else:
         try:
-            pair = tuple(int(v) for v in size)  # type: ignore[union-attr]
+            pair = tuple(int(v) for v in size)  # type: ignore[union-attr,assignment]
         except (TypeError, ValueError):
             raise ValueError(f"size must be an int or (height, width), got {size!r}") from None
     if len(pair) != 2 or min(pair) < 1:
