@@ -174,7 +174,8 @@ def pretrain(
         lr=config.lr,
         weight_decay=config.weight_decay,
     )
-    schedule = warmup_cosine_schedule(optimizer, config.warmup_steps, config.steps)
+    warmup = min(config.warmup_steps, config.steps)  # a short run warms up for all its steps
+    schedule = warmup_cosine_schedule(optimizer, warmup, config.steps)
     generator = torch.Generator().manual_seed(config.seed + 1)
     checkpointer = Checkpointer(
         out_dir / "checkpoints", keep=2, prefix="step" if group is None else f"rank{rank}-step"
@@ -184,10 +185,10 @@ def pretrain(
         loaded = checkpointer.load_latest(moco, optimizer, restore_rng=True)
         if loaded is not None:
             start = loaded.step
-            # The schedule is a pure function of the step: replay it instead of saving it
-            # (ptrain-core's warm-up schedule object has no picklable state_dict).
-            for _ in range(start):
-                schedule.step()
+            # The schedule is a pure function of the step and the optimizer state restored the
+            # current lr; only the step counter is set (ptrain-core's warm-up schedule cannot
+            # be saved with state_dict()).
+            schedule.last_epoch = start
             generator.set_state(loaded.extra["generator"])
             losses = list(loaded.extra["losses"])
     local = config.batch_size // world
