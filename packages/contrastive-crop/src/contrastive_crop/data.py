@@ -421,7 +421,7 @@ def make_clutter_digits(
     n: int,
     split: str = "train",
     size: int = 32,
-    digit_size: tuple[int, int] = (10, 14),
+    digit_size: tuple[int, int] = (11, 16),
     seed: int = 0,
     clutter: float = 1.0,
 ) -> ClutterDigits:
