@@ -1,0 +1,391 @@
+"""ONES: an online evolutionary search over GPU slots, with batch size tied to the GPU count.
+
+Reimplemented from the description of the ONES artifact (``kurisusnowdeng/ones_sc21`` @ 8535358,
+unlicensed, no code copied) in ``design/ptrain-sched.md`` §2.2–2.6:
+
+* a chromosome is a vector over the cluster's GPU slots holding a job id or -1 (free);
+* a population of K = 16 chromosomes persists across decisions (warm start); each generation
+  makes K children by uniform per-slot crossover (ξ = 0.5, a gene kept only while the child is
+  below the job's cap) and K mutants (each job removed entirely with probability θ = 0.3, jobs
+  with fewer than 2 epochs protected), pads all 3K candidates greedily (new jobs one GPU each in
+  arrival order, then known jobs by ascending predicted remaining time on one GPU up to their
+  current size, then up to their caps), and keeps the K best ((μ+λ) truncation);
+* fitness (lower is better) = Σ_j n_j · remaining_work_j / x_j(n_j): the total predicted
+  remaining GPU-time, x_j from the online throughput table (mean of the last 5 measurements per
+  GPU count, linear inter/extrapolation through (0, 0)); jobs without a prediction add 0;
+* growth limits: a job's cap starts at 1 GPU and doubles every 2 epochs while it runs at its cap
+  (at most 4× its request and the cluster); the largest job, when it holds half the cluster and
+  has run longer than the median job, is capped to ``max(int(2·n/(f·t/median + 1)), 1)`` rounded
+  up to even; a preempted job resumes at half its previous size;
+* a change to a running job applies only once it has run 1 epoch since its last change (others
+  wait; starts on free GPUs always apply);
+* batch size: per-GPU batch ``b = request_batch / request_gpus``; on n GPUs the global batch is
+  ``n·b`` while ``n ≤ R`` (R = max_lr/base_lr, 16 in the artifact for CIFAR/ImageNet), else
+  ``n·(int(b·R) // n)`` (linear LR scaling up to the cap).
+
+Progress predictor (the artifact's Beta regression needs its unlicensed job history): by default
+``"history"``: the total work of a job is predicted as the mean total work of finished jobs of
+the same application (learned online, like the artifact's refit on every completion); before one
+has finished, the job is assumed half done. The predicted fraction done ρ̂ becomes a Beta(a, b)
+sample with ``a`` = epochs done and mean ρ̂ (the artifact samples its Beta too); remaining work =
+``y·(1/ρ − 1)``. ``"oracle"`` uses the simulator's true remaining work.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ptrain.sched.policies.base import online_table, place
+from ptrain.sched.types import Allocation, JobView, SchedulerState
+
+__all__ = ["OnesPolicy", "ones_batch_size"]
+
+
+def ones_batch_size(job: JobView, num_gpus: int, lr_scale_cap: float) -> int:
+    """ONES's global batch on ``num_gpus`` GPUs (linear scaling with LR, capped; see module)."""
+    per_gpu = max(job.spec.batch_size // job.spec.num_gpus, 1)
+    if num_gpus <= lr_scale_cap:
+        batch = num_gpus * per_gpu
+    else:
+        batch = num_gpus * max(int(per_gpu * lr_scale_cap) // num_gpus, 1)
+    if job.model is not None:  # the application's largest supported batch
+        batch = min(batch, max(job.model.max_batch, num_gpus))
+    return int(batch)
+
+
+@dataclass
+class OnesPolicy:
+    """The ONES scheduler; see the module docstring for the algorithm and the knobs.
+
+    Attributes:
+        population_size: K.
+        crossover_probability: ξ, per-slot swap probability.
+        mutation_rate: θ, per-job removal probability.
+        generations_per_decision: generations run per ``decide`` call.
+        epochs_before_scaling: epochs a job is protected / between cap doublings.
+        update_interval_epochs: epochs a running job must run between changes.
+        scale_down_factor: f in the biggest-job cap (1.0 in effect at the artifact's HEAD).
+        max_request_factor: a job may grow to this many times its requested GPUs.
+        lr_scale_cap: max_lr / base_lr.
+        epoch_samples: samples per ONES "epoch" (None: the job's dataset size). The artifact's
+            jobs used sub-sampled datasets of 3.6k–40k samples; set this to reproduce that
+            pace of growth on full-size datasets.
+        predictor: ``"history"`` or ``"oracle"``.
+        sample_prediction: draw ρ from the Beta (artifact) instead of using its mean.
+        seed: the generator seed.
+    """
+
+    population_size: int = 16
+    crossover_probability: float = 0.5
+    mutation_rate: float = 0.3
+    generations_per_decision: int = 1
+    epochs_before_scaling: float = 2.0
+    update_interval_epochs: float = 1.0
+    scale_down_factor: float = 1.0
+    max_request_factor: int = 4
+    lr_scale_cap: float = 16.0
+    epoch_samples: float | None = None
+    predictor: str = "history"
+    sample_prediction: bool = True
+    seed: int = 0
+    name: str = "ones"
+    _rng: np.random.Generator = field(init=False, repr=False)
+    _population: np.ndarray | None = field(default=None, init=False, repr=False)
+    _caps: dict[int, int] = field(default_factory=dict, init=False, repr=False)
+    _cap_epoch: dict[int, float] = field(default_factory=dict, init=False, repr=False)
+    _pending: dict[int, int] = field(default_factory=dict, init=False, repr=False)
+    _first_start: dict[int, float] = field(default_factory=dict, init=False, repr=False)
+    _last_gpus: dict[int, int] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.population_size < 2 or self.population_size % 2:
+            raise ValueError(f"population_size must be even and >= 2, got {self.population_size}")
+        for name in ("crossover_probability", "mutation_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.generations_per_decision < 0:
+            raise ValueError(
+                f"generations_per_decision must be >= 0, got {self.generations_per_decision}"
+            )
+        if self.predictor not in ("history", "oracle"):
+            raise ValueError(f"predictor must be 'history' or 'oracle', got {self.predictor!r}")
+        if self.epoch_samples is not None and self.epoch_samples <= 0:
+            raise ValueError(f"epoch_samples must be > 0, got {self.epoch_samples}")
+        self._rng = np.random.default_rng(self.seed)
+
+    # ------------------------------------------------------------------ job bookkeeping
+    def epochs(self, job: JobView) -> float:
+        if self.epoch_samples is None:
+            return job.epochs_done
+        return job.samples_done / self.epoch_samples
+
+    def _update_caps(self, state: SchedulerState) -> None:
+        """§2.6: slow start (doubling at cap every 2 epochs) and the biggest-job scale-down."""
+        cluster_size = state.cluster.num_gpus
+        active = {j.job_id for j in state.jobs}
+        for book in (
+            self._caps,
+            self._cap_epoch,
+            self._pending,
+            self._first_start,
+            self._last_gpus,
+        ):
+            for job_id in list(book):
+                if job_id not in active:
+                    del book[job_id]
+        running = []
+        for job in state.jobs:
+            jid = job.job_id
+            epochs = self.epochs(job)
+            limit = min(cluster_size, self.max_request_factor * job.spec.num_gpus)
+            if jid not in self._caps:
+                self._caps[jid] = 1
+                self._cap_epoch[jid] = epochs
+                self._pending[jid] = 1
+            if job.num_gpus > 0:
+                self._first_start.setdefault(jid, state.now)
+                self._pending[jid] = job.num_gpus
+                running.append(job)
+                if (
+                    job.num_gpus >= self._caps[jid]
+                    and epochs - self._cap_epoch[jid] >= self.epochs_before_scaling
+                ):
+                    self._caps[jid] = min(2 * self._caps[jid], limit)
+                    self._cap_epoch[jid] = epochs
+            elif self._last_gpus.get(jid, 0) > 0:  # preempted: resume at half size
+                self._pending[jid] = max(self._pending[jid] // 2, 1)
+            self._caps[jid] = max(min(self._caps[jid], limit), 1)
+            self._last_gpus[jid] = job.num_gpus
+        if running:
+            biggest = max(running, key=lambda j: (j.num_gpus, -j.job_id))
+            run_times = [state.now - self._first_start[j.job_id] for j in running]
+            median = float(np.median(run_times))
+            run_time = state.now - self._first_start[biggest.job_id]
+            if biggest.num_gpus >= cluster_size / 2 and median > 0 and run_time > median:
+                cap = max(
+                    int(2 * biggest.num_gpus / (self.scale_down_factor * run_time / median + 1)),
+                    1,
+                )
+                cap += cap % 2
+                self._caps[biggest.job_id] = min(self._caps[biggest.job_id], cap)
+
+    def _remaining_work(self, state: SchedulerState) -> dict[int, float]:
+        """Predicted remaining work of every executed job (≥ epochs_before_scaling epochs)."""
+        history: dict[str, list[float]] = {}
+        for finished in state.finished:
+            history.setdefault(finished.application, []).append(finished.work)
+        predictions = {}
+        for job in state.jobs:
+            epochs = self.epochs(job)
+            if epochs < self.epochs_before_scaling or job.work_done <= 0:
+                continue
+            if self.predictor == "oracle" and job.remaining_work is not None:
+                predictions[job.job_id] = job.remaining_work
+                continue
+            seen = history.get(job.spec.application)
+            total = float(np.mean(seen)) if seen else 2.0 * job.work_done
+            rho = min(max(job.work_done / max(total, 1e-12), 0.01), 0.99)
+            if self.sample_prediction:
+                a = max(epochs, 0.5)
+                b = a * (1.0 / rho - 1.0)
+                rho = float(min(max(self._rng.beta(a, b), 1e-3), 0.999))
+            predictions[job.job_id] = job.work_done * (1.0 / rho - 1.0)
+        return predictions
+
+    # ------------------------------------------------------------------ GA operators
+    # Every operator works on a batch of chromosomes, shape (P, C): slot values are job ids or -1.
+    @staticmethod
+    def occurrence_rank(chromosomes: np.ndarray) -> np.ndarray:
+        """For each slot, how many earlier slots of the same chromosome hold the same job."""
+        batch = np.atleast_2d(chromosomes)
+        rows = batch.shape[0]
+        offset = int(batch.max(initial=0)) + 2
+        keys = (np.arange(rows)[:, None] * offset + batch + 1).ravel()
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        new_group = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]
+        starts = np.flatnonzero(new_group)
+        group_start = np.repeat(starts, np.diff(np.r_[starts, len(keys)]))
+        rank = np.empty(len(keys), dtype=np.int64)
+        rank[order] = np.arange(len(keys)) - group_start
+        return rank.reshape(batch.shape) if chromosomes.ndim == 2 else rank
+
+    def enforce_caps(self, chromosomes: np.ndarray, caps: np.ndarray) -> np.ndarray:
+        """Frees the slots of each job beyond its cap (keeping its first ones)."""
+        out = chromosomes.copy()
+        held = out >= 0
+        rank = self.occurrence_rank(out)
+        out[held & (rank >= caps[np.where(held, out, 0)])] = -1
+        return out
+
+    def crossover(
+        self, first: np.ndarray, second: np.ndarray, caps: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Uniform per-slot crossover of row pairs; genes beyond a job's cap are dropped."""
+        swap = self._rng.random(first.shape) < self.crossover_probability
+        a = np.where(swap, second, first)
+        b = np.where(swap, first, second)
+        return self.enforce_caps(a, caps), self.enforce_caps(b, caps)
+
+    def mutate(self, chromosomes: np.ndarray, protected: np.ndarray) -> np.ndarray:
+        """Removes each unprotected job of each chromosome entirely with probability θ."""
+        batch = np.atleast_2d(chromosomes)
+        size = len(protected)
+        drop = (self._rng.random((batch.shape[0], size)) < self.mutation_rate) & ~protected
+        held = batch >= 0
+        out = batch.copy()
+        rows = np.broadcast_to(np.arange(batch.shape[0])[:, None], batch.shape)
+        out[held & drop[rows, np.where(held, batch, 0)]] = -1
+        return out if chromosomes.ndim == 2 else out[0]
+
+    @staticmethod
+    def pad(
+        chromosomes: np.ndarray,
+        new_jobs: np.ndarray,
+        known_order: np.ndarray,
+        pending: np.ndarray,
+        caps: np.ndarray,
+    ) -> np.ndarray:
+        """Greedy repair: fill free slots with new jobs (1 GPU each, arrival order), then known
+        jobs in SRTF order up to their current size, then up to their caps."""
+        batch = np.atleast_2d(chromosomes)
+        rows, _ = batch.shape
+        size = len(caps)
+        held = batch >= 0
+        keys = (np.arange(rows)[:, None] * size + np.where(held, batch, 0))[held]
+        counts = np.bincount(keys, minlength=rows * size).reshape(rows, size)
+        want_new = (counts[:, new_jobs] == 0).astype(np.int64)
+        after = counts.copy()
+        after[:, new_jobs] += want_new
+        target = np.minimum(pending[known_order], caps[known_order])
+        want_current = np.maximum(target - after[:, known_order], 0)
+        after[:, known_order] += want_current
+        want_cap = np.maximum(caps[known_order] - after[:, known_order], 0)
+        order = np.concatenate([new_jobs, known_order, known_order])
+        wants = np.concatenate([want_new, want_current, want_cap], axis=1)
+        out = batch.copy()
+        for row in range(rows):
+            free = np.flatnonzero(~held[row])
+            if len(free) == 0:
+                continue
+            genes = np.repeat(order, wants[row])[: len(free)]
+            out[row, free[: len(genes)]] = genes
+        return out if chromosomes.ndim == 2 else out[0]
+
+    # ------------------------------------------------------------------ decide
+    def decide(self, state: SchedulerState) -> Allocation:
+        cluster = state.cluster
+        slots = cluster.num_gpus
+        jobs = sorted(state.jobs, key=lambda j: (j.spec.submit_time, j.job_id))
+        if not jobs:
+            self._population = None
+            return Allocation({})
+        self._update_caps(state)
+        remaining = self._remaining_work(state)
+        size = max(j.job_id for j in jobs) + 1
+        caps = np.zeros(size, dtype=np.int64)
+        pending = np.zeros(size, dtype=np.int64)
+        protected = np.ones(size, dtype=bool)
+        active = np.zeros(size, dtype=bool)
+        for job in jobs:
+            caps[job.job_id] = self._caps[job.job_id]
+            pending[job.job_id] = self._pending[job.job_id]
+            protected[job.job_id] = self.epochs(job) < self.epochs_before_scaling
+            active[job.job_id] = True
+        # GPU-time table: gpu_time[j, n] = n · remaining_j / x_j(n), 0 without a prediction.
+        max_cap = int(caps.max())
+        sizes = np.arange(max_cap + 1)
+        gpu_time = np.zeros((size, max_cap + 1))
+        one_gpu_time = {}
+        for job in jobs:
+            work = remaining.get(job.job_id)
+            if work is None:
+                continue
+            rates = online_table(job.throughput_history, sizes)
+            if rates[1] <= 0:
+                continue
+            with np.errstate(divide="ignore", invalid="ignore"):
+                gpu_time[job.job_id, 1:] = sizes[1:] * work / rates[1:]
+            one_gpu_time[job.job_id] = work / rates[1]
+        new_jobs = np.array(
+            [j.job_id for j in jobs if j.job_id not in one_gpu_time and not j.ever_ran],
+            dtype=np.int64,
+        )
+        known_order = np.array(
+            sorted(
+                (j.job_id for j in jobs if j.job_id not in new_jobs),
+                key=lambda jid: (one_gpu_time.get(jid, math.inf), jid),
+            ),
+            dtype=np.int64,
+        )
+
+        current = np.full(slots, -1, dtype=np.int64)
+        for job_id, assignment in state.current.jobs.items():
+            current[list(assignment.slots)] = job_id
+        population = self._population
+        if population is None or population.shape[1] != slots:
+            population = np.repeat(current[None, :], self.population_size, axis=0)
+        population = population.copy()
+        population[(population >= size) | ~active[np.clip(population, 0, size - 1)]] = -1
+        population = self.enforce_caps(population, caps)
+        population = self.pad(population, new_jobs, known_order, pending, caps)
+        job_index = np.arange(size)
+
+        def fitness(candidates: np.ndarray) -> np.ndarray:
+            rows = candidates.shape[0]
+            held = candidates >= 0
+            keys = (np.arange(rows)[:, None] * size + np.where(held, candidates, 0))[held]
+            counts = np.bincount(keys, minlength=rows * size).reshape(rows, size)
+            return gpu_time[job_index, np.minimum(counts, max_cap)].sum(axis=1)
+
+        half = self.population_size // 2
+        for _ in range(self.generations_per_decision):
+            pairs = np.array(
+                [self._rng.choice(self.population_size, size=2, replace=False) for _ in range(half)]
+            )
+            first, second = self.crossover(population[pairs[:, 0]], population[pairs[:, 1]], caps)
+            mutants = self.mutate(population, protected)
+            candidates = self.pad(
+                np.concatenate([population, first, second, mutants]),
+                new_jobs,
+                known_order,
+                pending,
+                caps,
+            )
+            scores = fitness(candidates)
+            best = np.argsort(scores, kind="stable")[: self.population_size]
+            population = candidates[best]
+        self._population = population
+
+        by_id = {j.job_id: j for j in jobs}
+        target = np.bincount(population[0][population[0] >= 0], minlength=size)
+        held = {j.job_id: j.num_gpus for j in jobs if j.num_gpus > 0}
+        changed_running = [jid for jid, n in held.items() if target[jid] != n]
+        may_change = all(
+            by_id[jid].epochs_at_last_change is None
+            or self.epochs(by_id[jid]) - self._epochs_at(by_id[jid]) >= self.update_interval_epochs
+            for jid in changed_running
+        )
+        if may_change:
+            counts = {int(j): int(target[j]) for j in np.flatnonzero(target)}
+        else:  # only starts on free GPUs
+            counts = dict(held)
+            free = slots - sum(held.values())
+            for job_id in np.unique(population[0][population[0] >= 0]).tolist():
+                n = int(target[job_id])
+                if job_id not in held and 0 < n <= free:
+                    counts[job_id] = n
+                    free -= n
+        batches = {j: ones_batch_size(by_id[j], n, self.lr_scale_cap) for j, n in counts.items()}
+        return place(counts, batches, state.current, cluster)
+
+    def _epochs_at(self, job: JobView) -> float:
+        """The job's epoch count (in this policy's epochs) at its last change."""
+        last = job.epochs_at_last_change or 0.0
+        if self.epoch_samples is None or job.epochs_done <= 0:
+            return last
+        return last * (job.samples_done / job.epochs_done) / self.epoch_samples
