@@ -22,3 +22,11 @@ def shared() -> Path:
     if not (SHARED / "full_data_info.txt").is_file():
         pytest.skip(f"the shared MReD copy is absent ({SHARED})")
     return SHARED
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> None:
+    """Tiny tensors: intra-op threads only spin on a busy 2-core machine."""
+    import torch
+
+    torch.set_num_threads(1)

@@ -96,7 +96,7 @@ def test_targets_and_sentence_labels(release: Path) -> None:
     assert len(read_lines(target / "filtered_val.target")) == 2
     labels = read_sentence_labels(target / "filtered_test_sentence_labels.txt")
     docs = read_labeled_sentences(release / "classification/data/val.txt")
-    assert [list(l) for _, l in labels] == [d.labels for d in docs]
+    assert [list(sequence) for _, sequence in labels] == [d.labels for d in docs]
 
 
 @pytest.mark.parametrize(
@@ -155,9 +155,13 @@ def test_linearisations() -> None:
     # every paragraph is kept once, and the backbone (longest) review comes first
     assert merged.startswith("A much longer review.")
     assert sorted(merged.split(" <sep> ")) == sorted(
-        ["A much longer review.", reviews[1].text.split(" <sep> ")[1], reviews[0].text,
-         reviews[2].text]
-    )  # fmt: skip
+        [
+            "A much longer review.",
+            reviews[1].text.split(" <sep> ")[1],
+            reviews[0].text,
+            reviews[2].text,
+        ]
+    )
     assert linearise(reviews, "rate_merge").startswith("A much longer review.")
     assert linearise([Review(0, "Only one.", None)], "merge") == "Only one."
     with pytest.raises(ValueError):

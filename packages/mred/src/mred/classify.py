@@ -199,7 +199,9 @@ class TransformerEncoder(nn.Module):
     def prepare(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         if isinstance(self.tokenizer, WordVocabulary):
             cls_id, sep_id = 1, 2
-            rows = [[cls_id, *self.tokenizer.encode(t)[: self.max_length - 2], sep_id] for t in texts]
+            rows = [
+                [cls_id, *self.tokenizer.encode(t)[: self.max_length - 2], sep_id] for t in texts
+            ]
             width = max(len(r) for r in rows)
             ids = torch.zeros(len(rows), width, dtype=torch.long)
             mask = torch.zeros(len(rows), width, dtype=torch.long)
@@ -262,7 +264,9 @@ class SentenceTagger(nn.Module):
         emissions_BSK = self.to_labels(self.dropout(hidden_BSH))
         if self.config.use_crf:
             return self.crf.neg_log_likelihood_batch(emissions_BSK, tags_BS, mask_BS)
-        return nn.functional.cross_entropy(emissions_BSK[mask_BS], tags_BS[mask_BS], reduction="sum")
+        return nn.functional.cross_entropy(
+            emissions_BSK[mask_BS], tags_BS[mask_BS], reduction="sum"
+        )
 
     @torch.no_grad()
     def decode(self, sentence_vectors_SD: torch.Tensor) -> list[int]:
@@ -310,6 +314,7 @@ class SentenceClassifier:
     def __init__(self, tagger: SentenceTagger, config: ClassifierConfig) -> None:
         self.tagger = tagger
         self.config = config
+        self.info: dict[str, Any] = {}
 
     @classmethod
     def create(cls, config: ClassifierConfig, texts: Sequence[str]) -> SentenceClassifier:
@@ -320,12 +325,12 @@ class SentenceClassifier:
     def vectors(self, texts: Sequence[str]) -> torch.Tensor:
         """(S, D) sentence vectors of one document."""
         encoder = self.tagger.encoder
-        return encoder(encoder.prepare(texts))  # type: ignore[operator]
+        return encoder(encoder.prepare(texts))
 
     def predict(self, documents: Sequence[Sequence[str]]) -> list[list[str]]:
         """The label of every sentence of every document (each document decoded jointly)."""
         self.tagger.eval()
-        out = []
+        out: list[list[str]] = []
         with torch.no_grad():
             for texts in documents:
                 if not texts:
@@ -388,7 +393,7 @@ class SentenceClassifier:
         tagger = SentenceTagger(encoder, config)
         load_checkpoint(path, model=tagger, restore_rng=False)
         classifier = cls(tagger, config)
-        classifier.info = dict(extra.get("info", {}))  # type: ignore[attr-defined]
+        classifier.info = dict(extra.get("info", {}))
         return classifier
 
 
@@ -436,7 +441,7 @@ def train_classifier(
     classifier = SentenceClassifier.create(config, texts)
     tagger = classifier.tagger
     encoder = tagger.encoder
-    prepared = [encoder.prepare(doc.texts) for doc in documents]  # type: ignore[operator]
+    prepared = [encoder.prepare(doc.texts) for doc in documents]
     targets = [torch.tensor([LABEL_INDEX[label] for label in doc.labels]) for doc in documents]
     cached: list[torch.Tensor] | None = None
     if config.freeze_encoder and config.kind != "bow":
@@ -446,7 +451,9 @@ def train_classifier(
             encoder.eval()
             cached = [encoder(p) for p in prepared]
     parameters = [p for p in tagger.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=train_config.lr, weight_decay=train_config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        parameters, lr=train_config.lr, weight_decay=train_config.weight_decay
+    )
     out_dir = Path(train_config.out_dir)
     checkpointer = Checkpointer(out_dir / "checkpoints", keep=1, prefix="epoch")
     state: dict[str, Any] = {"best_accuracy": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
@@ -495,11 +502,11 @@ def train_classifier(
         state["history"].append(record)
         if on_epoch is not None:
             on_epoch(record)
-        checkpointer.save(epoch + 1, model=tagger, optimizer=optimizer, extra={"state": json.dumps(state)})
+        checkpointer.save(
+            epoch + 1, model=tagger, optimizer=optimizer, extra={"state": json.dumps(state)}
+        )
     best = SentenceClassifier.load(out_dir)
     result: dict[str, Any] = {"history": state["history"], "best_epoch": state["best_epoch"]}
     if dev_documents:
         result["dev"] = evaluate_classifier(best, dev_documents)
     return best, result
-
-

@@ -15,7 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ptrain.core.cli import UserError, add_json_argument, add_version_argument, cli_entry, write_json
+from ptrain.core.cli import (
+    UserError,
+    add_json_argument,
+    add_version_argument,
+    cli_entry,
+    write_json,
+)
 
 PROG = "mred"
 
@@ -78,9 +84,9 @@ def _load_training_data(args: argparse.Namespace) -> tuple[list[Any], list[Any],
     release = Release(args.data)
     train, train_files = release.labeled_documents("train")
     dev, dev_files = release.labeled_documents("val")
-    full_train = release.classification_path("train") is not None or release.bio_path(
-        "train"
-    ) is not None
+    full_train = (
+        release.classification_path("train") is not None or release.bio_path("train") is not None
+    )
     notes = []
     if not full_train and train:
         notes.append(
@@ -110,12 +116,13 @@ def _load_training_data(args: argparse.Namespace) -> tuple[list[Any], list[Any],
 
 
 def _run_train_classifier(args: argparse.Namespace) -> int:
+    import torch
+
     from mred.classify import ClassifierConfig, TrainConfig, train_classifier
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    # per-document tensors are tiny: intra-op threads only add spin-waiting (10x slower on a
+    # busy 2-core machine), so one thread unless asked otherwise
+    torch.set_num_threads(args.threads or 1)
     train, dev, info = _load_training_data(args)
     for note in info["notes"]:
         print(f"note: {note}")
@@ -133,13 +140,14 @@ def _run_train_classifier(args: argparse.Namespace) -> int:
         train_config = TrainConfig(
             out_dir=args.out,
             epochs=args.epochs,
-            lr=args.lr if args.lr is not None else (2e-3 if args.model == "bow" else 2e-5
-                                                   if config.kind == "pretrained" else 1e-3),
+            lr=args.lr
+            if args.lr is not None
+            else (2e-3 if args.model == "bow" else 2e-5 if config.kind == "pretrained" else 1e-3),
             seed=args.seed,
             resume=args.resume,
             patience=args.patience,
             max_train_documents=args.max_train_docs,
-        )  # fmt: skip
+        )
     except ValueError as error:
         raise UserError(str(error)) from None
 
@@ -393,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--train-on-val", action="store_true", help="add val to training (val no longer held out)"
     )
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
-    train.add_argument("--threads", type=_positive_int, default=None, help="torch threads")
+    train.add_argument("--threads", type=_positive_int, default=None, help="torch threads (1)")
     add_json_argument(train)
 
     classify = commands.add_parser("classify", help="label sentences (and score labelled input)")

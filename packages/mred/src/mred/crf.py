@@ -15,7 +15,7 @@ __all__ = ["LinearChainCRF"]
 class LinearChainCRF(nn.Module):
     """Score of a tag path ``y`` for emissions ``E`` (S, K)::
 
-        start[y_0] + sum_t E[t, y_t] + sum_t transitions[y_{t-1}, y_t] + end[y_{S-1}]
+    start[y_0] + sum_t E[t, y_t] + sum_t transitions[y_{t-1}, y_t] + end[y_{S-1}]
     """
 
     def __init__(self, num_tags: int) -> None:

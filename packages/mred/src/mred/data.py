@@ -224,8 +224,7 @@ def parse_control(text: str, *, strict: bool = True) -> tuple[tuple[str, ...] | 
                 return None, text
             shown = label if len(label) <= 40 else label[:37] + "..."
             raise ValueError(
-                f"control prefix holds {shown!r}, not a label (expected one of "
-                f"{', '.join(LABELS)})"
+                f"control prefix holds {shown!r}, not a label (expected one of {', '.join(LABELS)})"
             )
     source = tail.lstrip()
     while source.startswith(CONTROL_ARROW):
@@ -413,9 +412,10 @@ def read_bio(path: str | os.PathLike[str]) -> list[LabeledDocument]:
             fields = line.split("\t")
             if len(fields) != 3:
                 raise _error(
-                    path, number, f"expected 3 TAB-separated fields (paper_id, sentence, tag), "
-                    f"got {len(fields)}"
-                )  # fmt: skip
+                    path,
+                    number,
+                    f"expected 3 TAB-separated fields (paper_id, sentence, tag), got {len(fields)}",
+                )
             try:
                 label = bio_to_label(fields[2].strip())
             except ValueError as error:
@@ -497,7 +497,9 @@ def read_sentence_labels(path: str | os.PathLike[str]) -> list[tuple[str, tuple[
             continue
         fields = line.split("\t")
         if len(fields) != 2:
-            raise _error(path, number, f"expected 2 TAB fields (paper_id, [labels]), got {len(fields)}")
+            raise _error(
+                path, number, f"expected 2 TAB fields (paper_id, [labels]), got {len(fields)}"
+            )
         out.append((fields[0], _parse_label_list(fields[1], path, number)))
     return out
 
@@ -508,7 +510,9 @@ def split_reviews(source: str, ratings: Sequence[int] | None = None) -> list[Rev
     parts = [part.strip() for part in source.split("<REVBREAK>")]
     parts = [part for part in parts if part]
     return [
-        Review(index, text, ratings[index] if ratings is not None and index < len(ratings) else None)
+        Review(
+            index, text, ratings[index] if ratings is not None and index < len(ratings) else None
+        )
         for index, text in enumerate(parts)
     ]
 
@@ -731,7 +735,9 @@ def to_hf_dataset(examples: Sequence[GenerationExample] | Sequence[LabeledDocume
     try:
         import datasets
     except ImportError:
-        raise UserError("to_hf_dataset needs the 'datasets' package: pip install 'mred[datasets]'")
+        raise UserError(
+            "to_hf_dataset needs the 'datasets' package: pip install 'mred[datasets]'"
+        ) from None
     rows: dict[str, list[Any]]
     if examples and isinstance(examples[0], LabeledDocument):
         docs = [e for e in examples if isinstance(e, LabeledDocument)]

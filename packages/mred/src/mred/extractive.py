@@ -3,8 +3,9 @@
 Shapes: ``S`` sentences of one source, ``V`` vocabulary terms.
 
 * ``lexrank_scores``: IDF-modified cosine between TF-IDF sentence vectors, edges where the cosine
-  exceeds ``threshold`` (0.03, the ``lexrank`` package default), row-normalised, stationary
-  distribution by power iteration with damping 0.85.
+  exceeds ``threshold`` (0.03, the ``lexrank`` package default), no self-loops, row-normalised
+  (a sentence without edges jumps uniformly), stationary distribution by power iteration with
+  damping 0.85.
 * ``textrank_scores``: gensim-3.8-style TextRank: BM25 (k1 = 1.5, b = 0.75, ε = 0.25) weights
   between sentences, edges where either direction weighs ≥ 1e-3, weighted PageRank, d = 0.85.
 * ``mmr_ranking``: the query is the document's top-8 TF-IDF terms; greedy maximal marginal
@@ -46,14 +47,140 @@ __all__ = [
 METHODS = ("lexrank", "textrank", "mmr")
 
 STOP_WORDS = frozenset(
-    """a about above after again against all am an and any are as at be because been before
-    being below between both but by can could did do does doing down during each few for from
-    further had has have having he her here hers herself him himself his how i if in into is it
-    its itself just me more most my myself no nor not now of off on once only or other our ours
-    ourselves out over own same she should so some such than that the their theirs them
-    themselves then there these they this those through to too under until up very was we were
-    what when where which while who whom why will with would you your yours yourself yourselves
-    also may might must shall us""".split()
+    [
+        "a",
+        "about",
+        "above",
+        "after",
+        "again",
+        "against",
+        "all",
+        "am",
+        "an",
+        "and",
+        "any",
+        "are",
+        "as",
+        "at",
+        "be",
+        "because",
+        "been",
+        "before",
+        "being",
+        "below",
+        "between",
+        "both",
+        "but",
+        "by",
+        "can",
+        "could",
+        "did",
+        "do",
+        "does",
+        "doing",
+        "down",
+        "during",
+        "each",
+        "few",
+        "for",
+        "from",
+        "further",
+        "had",
+        "has",
+        "have",
+        "having",
+        "he",
+        "her",
+        "here",
+        "hers",
+        "herself",
+        "him",
+        "himself",
+        "his",
+        "how",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "itself",
+        "just",
+        "me",
+        "more",
+        "most",
+        "my",
+        "myself",
+        "no",
+        "nor",
+        "not",
+        "now",
+        "of",
+        "off",
+        "on",
+        "once",
+        "only",
+        "or",
+        "other",
+        "our",
+        "ours",
+        "ourselves",
+        "out",
+        "over",
+        "own",
+        "same",
+        "she",
+        "should",
+        "so",
+        "some",
+        "such",
+        "than",
+        "that",
+        "the",
+        "their",
+        "theirs",
+        "them",
+        "themselves",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "those",
+        "through",
+        "to",
+        "too",
+        "under",
+        "until",
+        "up",
+        "very",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "while",
+        "who",
+        "whom",
+        "why",
+        "will",
+        "with",
+        "would",
+        "you",
+        "your",
+        "yours",
+        "yourself",
+        "yourselves",
+        "also",
+        "may",
+        "might",
+        "must",
+        "shall",
+        "us",
+    ]
 )
 
 
@@ -138,12 +265,16 @@ def lexrank_scores(
         return np.zeros(0)
     similarity = _cosine(tfidf_matrix(sentences, idf))  # (S, S)
     adjacency = (similarity > threshold).astype(np.float64)
-    np.fill_diagonal(adjacency, 1.0)  # lexrank keeps self-similarity (cosine 1)
-    transition = adjacency / adjacency.sum(axis=1, keepdims=True)
+    np.fill_diagonal(adjacency, 0.0)
+    degree = adjacency.sum(axis=1, keepdims=True)
+    # a sentence similar to no other one jumps uniformly (a self-loop would trap the walk there)
+    transition = np.where(degree > 0, adjacency / np.maximum(degree, 1.0), 1.0 / len(sentences))
     return _stationary(transition, damping=0.85)
 
 
-def bm25_weights(sentences: Sequence[str], k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25) -> np.ndarray:
+def bm25_weights(
+    sentences: Sequence[str], k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25
+) -> np.ndarray:
     """(S, S) gensim-3.8 BM25: row i is sentence i's terms scored against every sentence j."""
     counts, _ = _term_counts(sentences)
     counts_SV = np.asarray(counts.todense())
@@ -155,7 +286,9 @@ def bm25_weights(sentences: Sequence[str], k1: float = 1.5, b: float = 0.75, eps
     if idf.size:
         idf = np.where(idf < 0, epsilon * idf.mean(), idf)
     denominator = counts_SV + k1 * (1 - b + b * lengths[:, None] / max(average, 1e-12))
-    term_scores_SV = idf[None, :] * counts_SV * (k1 + 1) / np.where(denominator == 0, 1, denominator)
+    term_scores_SV = (
+        idf[None, :] * counts_SV * (k1 + 1) / np.where(denominator == 0, 1, denominator)
+    )
     query_SV = counts_SV  # each query counts a term once per occurrence, as gensim's loop does
     return query_SV @ term_scores_SV.T  # (S, S)
 

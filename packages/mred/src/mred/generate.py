@@ -73,11 +73,13 @@ class GeneratorConfig:
                 raise ValueError(f"GeneratorConfig.{name} must be an int >= 8, got {value!r}")
         if self.d_model % self.heads:
             raise ValueError(
-                f"GeneratorConfig.d_model ({self.d_model}) must be divisible by heads ({self.heads})"
+                f"GeneratorConfig.d_model ({self.d_model}) must be divisible by heads "
+                f"({self.heads})"
             )
         if self.model != "tiny" and not Path(self.model).is_dir():
             raise ValueError(
-                f"GeneratorConfig.model must be 'tiny' or a local model directory, got {self.model!r}"
+                f"GeneratorConfig.model must be 'tiny' or a local model directory, "
+                f"got {self.model!r}"
             )
 
 
@@ -100,7 +102,9 @@ class GeneratorTrainConfig:
         for name in ("steps", "batch_size", "save_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"GeneratorTrainConfig.{name} must be a positive int, got {value!r}")
+                raise ValueError(
+                    f"GeneratorTrainConfig.{name} must be a positive int, got {value!r}"
+                )
         if not self.lr > 0:
             raise ValueError(f"GeneratorTrainConfig.lr must be > 0, got {self.lr!r}")
 
@@ -148,7 +152,9 @@ def extend_positions(model: Any, max_positions: int) -> None:
     for stack in (model.model.encoder, model.model.decoder):
         old = stack.embed_positions
         weight = old.weight.data
-        fresh = torch.empty(max_positions + BART_POSITION_OFFSET, weight.shape[1], dtype=weight.dtype)
+        fresh = torch.empty(
+            max_positions + BART_POSITION_OFFSET, weight.shape[1], dtype=weight.dtype
+        )
         fresh.normal_(0.0, float(getattr(config, "init_std", 0.02)))
         fresh[: weight.shape[0]] = weight
         new = type(old)(max_positions, weight.shape[1])
@@ -233,7 +239,12 @@ class Generator:
             prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
             source_ids = tokenizer(source, add_special_tokens=False)["input_ids"]
             budget = max(self.config.max_source_length - 2 - len(prefix_ids), 0)
-            ids = [tokenizer.bos_token_id, *prefix_ids, *source_ids[:budget], tokenizer.eos_token_id]
+            ids = [
+                tokenizer.bos_token_id,
+                *prefix_ids,
+                *source_ids[:budget],
+                tokenizer.eos_token_id,
+            ]
             rows.append(ids[: self.config.max_source_length])
         return self._pad(rows)
 
@@ -302,8 +313,9 @@ class Generator:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Generator:
-        from ptrain.core.cli import UserError
         from transformers import AutoTokenizer, BartForConditionalGeneration
+
+        from ptrain.core.cli import UserError
 
         directory = Path(directory)
         if not (directory / CONFIG_FILE).is_file():
@@ -366,9 +378,12 @@ def train_generator(
     for step in progress(range(start, train_config.steps), desc="train", disable=not show_progress):
         epoch, position = divmod(step, per_epoch)
         order = torch.randperm(
-            len(examples), generator=torch.Generator().manual_seed(train_config.seed * 100003 + epoch)
+            len(examples),
+            generator=torch.Generator().manual_seed(train_config.seed * 100003 + epoch),
         ).tolist()
-        indices = order[position * train_config.batch_size : (position + 1) * train_config.batch_size]
+        indices = order[
+            position * train_config.batch_size : (position + 1) * train_config.batch_size
+        ]
         loss = generator.loss([examples[i] for i in indices])
         optimizer.zero_grad()
         loss.backward()

@@ -101,8 +101,9 @@ def _apply_rules(word: str, rules: list[tuple[str, str, Condition]]) -> str:
 def _step1a(word: str) -> str:
     if word.endswith("ies") and len(word) == 4:
         return word[:-3] + "ie"
-    return _apply_rules(word, [("sses", "ss", None), ("ies", "i", None), ("ss", "ss", None),
-                               ("s", "", None)])  # fmt: skip
+    return _apply_rules(
+        word, [("sses", "ss", None), ("ies", "i", None), ("ss", "ss", None), ("s", "", None)]
+    )
 
 
 def _step1b(word: str) -> str:
