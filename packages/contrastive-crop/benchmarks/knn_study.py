@@ -58,7 +58,9 @@ def main() -> None:
         deltas = [runs["contrastive"][s][k] - runs["rrc"][s][k] for s in range(args.seeds)]
         values = {
             "rrc_mean": statistics.mean(runs["rrc"][s][k] for s in range(args.seeds)),
-            "contrastive_mean": statistics.mean(runs["contrastive"][s][k] for s in range(args.seeds)),
+            "contrastive_mean": statistics.mean(
+                runs["contrastive"][s][k] for s in range(args.seeds)
+            ),
             "delta_points_mean": 100 * statistics.mean(deltas),
             "delta_points_std": 100 * statistics.stdev(deltas) if len(deltas) > 1 else 0.0,
         }
