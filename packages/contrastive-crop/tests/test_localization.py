@@ -106,3 +106,30 @@ def test_schedule_boundaries() -> None:
         LocalizationSchedule(1, 0, 10)
     with pytest.raises(ValueError, match="warmup"):
         LocalizationSchedule(11, 1, 10)
+
+
+def _distributed_boxes(rank: int, world_size: int, images: torch.Tensor) -> torch.Tensor:
+    from contrastive_crop.localization import compute_boxes_distributed
+
+    torch.manual_seed(0)
+    return compute_boxes_distributed(_BlobFeatures(), images, 0.5, batch_size=2)
+
+
+@pytest.mark.distributed
+def test_distributed_boxes_equal_single_process() -> None:
+    from ptrain.core.testing import run_distributed
+
+    images = torch.zeros(7, 3, 32, 32)  # 7 images on 2 ranks: uneven, one padded index
+    for index in range(7):
+        images[index, :, 3 * index : 3 * index + 8, 20 - 2 * index : 28 - 2 * index] = 1.0
+    expected = compute_boxes(_BlobFeatures(), images, 0.5)
+    for result in run_distributed(_distributed_boxes, 2, images, timeout=120):
+        assert torch.equal(result, expected)
+
+
+def test_interleave_rank_shards() -> None:
+    from contrastive_crop.localization import interleave_rank_shards
+
+    # 5 items on 2 ranks: rank 0 has 0, 2, 4; rank 1 has 1, 3, 0 (padding)
+    shards = torch.tensor([[0, 2, 4], [1, 3, 0]]).float()[..., None].expand(2, 3, 4)
+    assert interleave_rank_shards(shards, 5)[:, 0].tolist() == [0, 1, 2, 3, 4]

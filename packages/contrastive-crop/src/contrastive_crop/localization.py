@@ -29,7 +29,9 @@ __all__ = [
     "box_iou",
     "boxes_from_heatmaps",
     "compute_boxes",
+    "compute_boxes_distributed",
     "feature_heatmaps",
+    "interleave_rank_shards",
 ]
 
 _CONSTANT_EPS = 1e-12
@@ -206,6 +208,66 @@ def compute_boxes(
     if not pieces:
         return torch.zeros(0, 4)
     return torch.cat(pieces)
+
+
+def interleave_rank_shards(shards_WS4: Tensor, length: int) -> Tensor:
+    """Dataset-order boxes from per-rank shards of ``DistributedSampler(shuffle=False)``.
+
+    Rank ``r`` holds indices ``r, r + W, r + 2W, …`` of the padded index list (padding repeats
+    the first indices), so stacking the shards along dim 1 and flattening restores dataset order;
+    the padding is cut off (design reference §2.3, step 7).
+
+    Args:
+        shards_WS4: ``(W, S, 4)``: rank ``r``'s ``S`` boxes at ``[r]``.
+        length: the dataset length ``N <= W·S``.
+
+    Returns:
+        ``(N, 4)`` boxes in dataset order.
+    """
+    return shards_WS4.transpose(0, 1).reshape(-1, shards_WS4.shape[-1])[:length]
+
+
+def compute_boxes_distributed(
+    model: torch.nn.Module | Callable[[Tensor], Tensor],
+    dataset: Any,
+    threshold: float = 0.1,
+    batch_size: int = 256,
+    group: Any = None,
+    **kwargs: Any,
+) -> Tensor:
+    """:func:`compute_boxes` split over the ranks of a process group; every rank gets all boxes.
+
+    Rank ``r`` localises the indices ``DistributedSampler(shuffle=False)`` would give it; the
+    shards are all-gathered (``ptrain.core.comm.all_gather``) and re-interleaved into dataset
+    order. The result equals single-process :func:`compute_boxes`.
+
+    Args:
+        model: see :func:`compute_boxes` (the same weights on every rank).
+        dataset: see :func:`compute_boxes`.
+        threshold: see :func:`compute_boxes`.
+        batch_size: per-rank batch size.
+        group: the process group (default: the world).
+        **kwargs: passed on to :func:`compute_boxes`.
+
+    Returns:
+        ``(N, 4)`` boxes in dataset order, on every rank.
+    """
+    import torch.distributed as dist
+
+    from ptrain.core import comm
+
+    world = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    length = len(dataset)
+    per_rank = -(-length // world)
+    indices = [(rank + world * position) % length for position in range(per_rank)]
+    if isinstance(dataset, Tensor):
+        shard: Any = dataset[indices]
+    else:
+        shard = torch.utils.data.Subset(dataset, indices)
+    local_S4 = compute_boxes(model, shard, threshold, batch_size, **kwargs)
+    gathered = comm.all_gather(local_S4.contiguous(), dim=0, group=group)
+    return interleave_rank_shards(gathered.view(world, per_rank, 4), length)
 
 
 @dataclass(frozen=True, slots=True)
