@@ -5,8 +5,9 @@
 
 Each seed trains both arms from the same initialisation and data order (same seed), SimCLR,
 identical epochs, batch and augmentations except the crop; ContrastiveCrop warms up with RRC
-for 20% of the epochs and refreshes boxes every 20%. Reports kNN top-1 (k = 20, 200) on the
-clutter-digits test split per seed, the means, and the paired per-seed deltas.
+for 20% of the epochs and refreshes boxes every 20%. Reports kNN top-1 (k = 20, 200) and the
+linear-probe accuracy on the clutter-digits test split per seed, the means, and the paired
+per-seed deltas.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import time
 
 import torch
 
+from contrastive_crop.evaluate import extract_features, linear_probe
 from contrastive_crop.train import PretrainConfig, load_data, pretrain
+from contrastive_crop.transforms import Normalize
 from ptrain.core.bench import environment_info
 from ptrain.core.cli import write_json
 
@@ -48,13 +51,17 @@ def main() -> None:
                 alpha=args.alpha, seed=seed, knn=True,
             )  # fmt: skip
             result = pretrain(config, data)
+            normalize = Normalize(data.mean, data.std)
+            train = extract_features(result["backbone"], data.train.images, transform=normalize)
+            test = extract_features(result["backbone"], data.test.images, transform=normalize)
+            result["knn"]["linear"] = linear_probe(train, data.train.labels, test, data.test.labels)
             runs[crop][seed] = result["knn"]
             if crop == "contrastive":
                 ious[seed] = [update["mean_iou"] for update in result["box_updates"]]
             print(f"seed {seed} {crop:>11}: {result['knn']}  box IoU per update: "
                   f"{ious.get(seed) if crop == 'contrastive' else '-'}", flush=True)  # fmt: skip
     metrics = []
-    for k in ("knn@20", "knn@200"):
+    for k in ("knn@20", "knn@200", "linear"):
         deltas = [runs["contrastive"][s][k] - runs["rrc"][s][k] for s in range(args.seeds)]
         values = {
             "rrc_mean": statistics.mean(runs["rrc"][s][k] for s in range(args.seeds)),
