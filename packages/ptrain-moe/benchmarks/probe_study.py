@@ -6,7 +6,8 @@ sees only the training images, the probe is fit on the training images and score
 hidden widths chosen to match the sparse blocks' active MACs. A randomly initialised backbone is
 probed too, as the floor.
 
-    flock /tmp/ptrain-heavy.lock python benchmarks/probe_study.py --json benchmarks/results/probe_digits.json
+    flock /tmp/ptrain-heavy.lock python benchmarks/probe_study.py \
+        --json benchmarks/results/probe_digits.json
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ptrain.core.cli import write_json
+from ptrain.moe.checkpoint import load_model
 from ptrain.moe.data import digits_dataset
 from ptrain.moe.mixer import SparseMLP, active_macs
 from ptrain.moe.train import (
@@ -58,8 +60,6 @@ def main(argv: list[str] | None = None) -> int:
             began = time.perf_counter()
             with tempfile.TemporaryDirectory() as out:
                 result = pretrain(config, train, out)
-                from ptrain.moe.checkpoint import load_model
-
                 backbone = load_model(result["backbone"])
             probe = linear_probe(backbone, train, test, ProbeConfig(seed=seed))
             model_config = build_backbone_config(config, train)
