@@ -487,7 +487,7 @@ class MoE(nn.Module):
 
             y_AD = expert_parallel_compute(self, x_AD, tokens_per_expert_E)
         y_AD = y_AD * gate_A.unsqueeze(1).to(y_AD.dtype)
-        y_TD = x_TD.new_zeros(x_TD.shape).index_add(0, token_A, y_AD)
+        y_TD = x_TD.new_zeros(x_TD.shape).index_add_(0, token_A, y_AD)  # in place: no copy
         aux = self._aux(clean_logits_TE, logits_TE, routing, tokens_per_expert_E, num_tokens)
         return y_TD.view(x.shape), aux
 
