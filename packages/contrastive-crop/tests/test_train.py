@@ -96,3 +96,28 @@ def test_knn_and_linear_probe_on_separable_features() -> None:
     prediction = knn_predict(train, torch.tensor([1, 0, 0]), torch.tensor([[1.0, 0.05]]), k=3,
                              temperature=0.05)  # fmt: skip
     assert prediction.tolist() == [1]
+
+
+def _data_parallel_rank(rank: int, world_size: int) -> dict[str, object]:
+    torch.set_num_threads(1)
+    result = pretrain(_config(epochs=2, batch_size=16), _synthetic(48))
+    state = result["backbone"].state_dict()
+    return {"weights": [t.clone() for t in state.values()], "boxes": result["boxes"],
+            "updates": result["box_updates"]}  # fmt: skip
+
+
+@pytest.mark.distributed
+def test_data_parallel_ranks_stay_identical() -> None:
+    from ptrain.core.testing import run_distributed
+
+    first, second = run_distributed(_data_parallel_rank, 2, timeout=180)
+    for a, b in zip(first["weights"], second["weights"], strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(first["boxes"], second["boxes"])
+    assert [u["epoch"] for u in first["updates"]] == [1]
+    # the ranks trained (weights moved from the seeded initialisation)
+    torch.manual_seed(0)
+    from contrastive_crop.models import build_backbone
+
+    initial = list(build_backbone("tiny").state_dict().values())
+    assert not torch.equal(initial[0], first["weights"][0])

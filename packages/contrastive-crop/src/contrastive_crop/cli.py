@@ -7,6 +7,7 @@ Thin: each subcommand parses its flags, calls the library, prints a short summar
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +90,17 @@ def _run_pretrain(args: argparse.Namespace) -> int:
             device=args.device,
             progress=True,
         )
+        rank = 0
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # Launched by torchrun: data-parallel over the ranks (gradients averaged).
+            from ptrain.core.dist import init_distributed
+
+            rank = init_distributed().rank
         result = pretrain(config)
     except (ValueError, ImportError) as error:
         raise UserError(str(error)) from None
+    if rank != 0:
+        return 0
     print(
         f"{config.method} / {config.crop}: {config.epochs} epochs, loss "
         f"{result['losses'][0]:.4f} -> {result['losses'][-1]:.4f}"

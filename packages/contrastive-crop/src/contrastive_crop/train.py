@@ -34,7 +34,13 @@ from contrastive_crop.data import (
     read_stl10_bin,
 )
 from contrastive_crop.evaluate import extract_features, knn_accuracy
-from contrastive_crop.localization import LocalizationSchedule, box_area, box_iou, compute_boxes
+from contrastive_crop.localization import (
+    LocalizationSchedule,
+    box_area,
+    box_iou,
+    compute_boxes,
+    compute_boxes_distributed,
+)
 from contrastive_crop.models import PRESETS, ResNet, build_backbone
 from contrastive_crop.ssl import METHODS, build_method
 from contrastive_crop.transforms import (
@@ -313,10 +319,13 @@ def pretrain(config: PretrainConfig, data: DataSplits | None = None) -> dict[str
             config.data, config.root, config.num_images, config.seed, config.image_size
         )
     device = torch.device(config.device)
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)  # crop sizes and the other augmentations draw from `random`
+    rank, world = _process_group()
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
     backbone = build_backbone(config.backbone)
     model = build_method(config.method, backbone, temperature=config.temperature).to(device)
+    # crop sizes and the other augmentations draw from `random` and torch's RNG; each rank its own
+    torch.manual_seed(config.seed + 1_000_003 * rank)
+    random.seed(config.seed + 1_000_003 * rank)
     schedule = config.schedule()
     size = data.size
     rrc = build_pipeline(RandomResizedCrop(size, scale=config.scale), data.mean, data.std)
@@ -332,6 +341,9 @@ def pretrain(config: PretrainConfig, data: DataSplits | None = None) -> dict[str
     )
     eval_set = data.train.with_transform(Compose([ToFloat(), Normalize(data.mean, data.std)]))
     batch_size = min(config.batch_size, len(train_set))
+    if batch_size % world:
+        raise ValueError(f"batch_size {batch_size} must be divisible by the {world} ranks")
+    local_batch = batch_size // world
     steps_per_epoch = len(train_set) // batch_size
     optimizer = _make_optimizer(config, model)
     scheduler = warmup_cosine_schedule(
@@ -340,6 +352,7 @@ def pretrain(config: PretrainConfig, data: DataSplits | None = None) -> dict[str
         config.epochs * steps_per_epoch,
         end_factor=0.1,
     )
+    writes = config.out_dir is not None and rank == 0
     checkpointer = Checkpointer(Path(config.out_dir) / "checkpoints") if config.out_dir else None
     history: dict[str, Any] = {
         "losses": [],
@@ -362,12 +375,18 @@ def pretrain(config: PretrainConfig, data: DataSplits | None = None) -> dict[str
     if config.num_workers > 0:
         loader_kwargs = {"num_workers": config.num_workers, "persistent_workers": True}
     shuffle_generator = torch.Generator()
+    sampler: torch.utils.data.DistributedSampler[Any] | None = None
+    if world > 1:
+        sampler = torch.utils.data.DistributedSampler(
+            train_set, world, rank, shuffle=True, seed=config.seed, drop_last=True
+        )
     loader = torch.utils.data.DataLoader(
         train_set,
-        batch_size=batch_size,
-        shuffle=True,
+        batch_size=local_batch,
+        shuffle=sampler is None,
+        sampler=sampler,
         drop_last=True,
-        generator=shuffle_generator,
+        generator=shuffle_generator if sampler is None else None,
         **loader_kwargs,
     )
     bar = progress(
@@ -380,17 +399,25 @@ def pretrain(config: PretrainConfig, data: DataSplits | None = None) -> dict[str
     for epoch in range(start_epoch, config.epochs + 1):
         train_set.use_box = schedule.use_box(epoch)
         shuffle_generator.manual_seed(config.seed * 100_003 + epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         reset_beta_buffers()
         started = time.perf_counter()
         total, count = 0.0, 0
-        for views, _, _ in loader:
+        for step, (views, _, _) in enumerate(loader):
+            if step == steps_per_epoch:  # ranks of a DistributedSampler may get one more batch
+                break
             x1, x2 = views[0].to(device, non_blocking=True), views[1].to(device, non_blocking=True)
             loss = model.loss(x1, x2)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if world > 1:
+                _average_gradients(model)
             optimizer.step()
             scheduler.step()
             model.after_step()
+            if world > 1:
+                _broadcast_buffers(model)
             total += float(loss.detach())
             count += 1
             bar.update(1)
@@ -398,13 +425,18 @@ def pretrain(config: PretrainConfig, data: DataSplits | None = None) -> dict[str
         history["losses"].append(total / max(count, 1))
         if schedule.should_update(epoch) and config.crop == "contrastive":
             started = time.perf_counter()
-            boxes = compute_boxes(
-                model.localization_encoder,
-                eval_set,
-                config.threshold,
-                batch_size=512,
-                device=device,
-            )
+            if world > 1:
+                boxes = compute_boxes_distributed(
+                    model.localization_encoder, eval_set, config.threshold, 512, device=device
+                )
+            else:
+                boxes = compute_boxes(
+                    model.localization_encoder,
+                    eval_set,
+                    config.threshold,
+                    batch_size=512,
+                    device=device,
+                )
             train_set.set_boxes(boxes)
             seconds = time.perf_counter() - started
             history["box_seconds"] += seconds
@@ -416,7 +448,7 @@ def pretrain(config: PretrainConfig, data: DataSplits | None = None) -> dict[str
             if data.train.boxes is not None:
                 update["mean_iou"] = float(box_iou(boxes, data.train.boxes).mean())
             history["box_updates"].append(update)
-        if checkpointer is not None:
+        if checkpointer is not None and writes:
             checkpointer.save(
                 epoch * steps_per_epoch,
                 model=model,
@@ -444,7 +476,7 @@ def pretrain(config: PretrainConfig, data: DataSplits | None = None) -> dict[str
         result["knn"] = knn_accuracy(
             train_features, data.train.labels, test_features, data.test.labels
         )
-    if config.out_dir:
+    if writes and config.out_dir:
         save_checkpoint(
             Path(config.out_dir) / "model.pt",
             model=backbone,
@@ -456,9 +488,39 @@ def pretrain(config: PretrainConfig, data: DataSplits | None = None) -> dict[str
                 "std": list(data.std),
             },
         )
+    if world > 1:
+        torch.distributed.barrier()
     result["boxes"] = train_set.boxes.clone()
     result["backbone"] = backbone
     return result
+
+
+def _process_group() -> tuple[int, int]:
+    """``(rank, world size)`` of the default process group, ``(0, 1)`` when there is none."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _broadcast_buffers(model: torch.nn.Module) -> None:
+    """Rank 0's buffers (BN running statistics, MoCo queue) to every rank, as DDP's
+    ``broadcast_buffers=True`` does before each forward."""
+    for buffer in model.buffers():
+        torch.distributed.broadcast(buffer, src=0)
+
+
+def _average_gradients(model: torch.nn.Module) -> None:
+    """Data parallelism: average the gradients over ranks (one flat all-reduce)."""
+    from ptrain.core import comm
+
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = comm.all_reduce(torch.cat([g.reshape(-1) for g in grads]), op="avg")
+    for grad, averaged in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+        grad.copy_(averaged.view_as(grad))
 
 
 def load_backbone(path: str | Path) -> tuple[ResNet, dict[str, Any]]:
