@@ -64,6 +64,8 @@ class ClassifierConfig:
         d_model, layers, heads: size of the tiny transformer built from a config.
         max_length: tokens per sentence for the transformer (upstream truncates at 512).
         freeze_encoder: keep the transformer fixed and cache its sentence vectors (fast on CPU).
+        pooling: sentence vector of a transformer: ``"cls"`` (first token, upstream) or
+            ``"mean"`` (mean over tokens, how sentence-transformers models are trained).
     """
 
     model: str = "bow"
@@ -78,12 +80,17 @@ class ClassifierConfig:
     heads: int = 2
     max_length: int = 64
     freeze_encoder: bool = False
+    pooling: str = "cls"
 
     def __post_init__(self) -> None:
         for name in ("embedding_dim", "lstm_hidden", "d_model", "layers", "heads", "max_length"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"ClassifierConfig.{name} must be a positive int, got {value!r}")
+        if self.pooling not in ("cls", "mean"):
+            raise ValueError(
+                f"ClassifierConfig.pooling must be 'cls' or 'mean', got {self.pooling!r}"
+            )
         if self.ngrams not in (1, 2, 3):
             raise ValueError(f"ClassifierConfig.ngrams must be 1, 2 or 3, got {self.ngrams!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -189,11 +196,14 @@ class BowEncoder(nn.Module):
 class TransformerEncoder(nn.Module):
     """First-token vector of a ``transformers`` encoder: S texts → (S, D)."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, max_length: int) -> None:
+    def __init__(
+        self, model: nn.Module, tokenizer: Any, max_length: int, pooling: str = "cls"
+    ) -> None:
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.pooling = pooling
         self.output_dim = int(model.config.hidden_size)
 
     def prepare(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -219,8 +229,11 @@ class TransformerEncoder(nn.Module):
         return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
 
     def forward(self, prepared: dict[str, torch.Tensor]) -> torch.Tensor:
-        output = self.model(**prepared)
-        return output.last_hidden_state[:, 0]  # (S, D)
+        hidden_STD = self.model(**prepared).last_hidden_state
+        if self.pooling == "mean":
+            mask_ST1 = prepared["attention_mask"][:, :, None].to(hidden_STD.dtype)
+            return (hidden_STD * mask_ST1).sum(dim=1) / mask_ST1.sum(dim=1).clamp(min=1.0)
+        return hidden_STD[:, 0]  # (S, D)
 
 
 class SentenceTagger(nn.Module):
@@ -299,13 +312,13 @@ def _build_encoder(
             max_position_embeddings=config.max_length + 2,
         )
         model = BertModel(bert, add_pooling_layer=False)
-        encoder = TransformerEncoder(model, vocabulary, config.max_length)
+        encoder = TransformerEncoder(model, vocabulary, config.max_length, config.pooling)
         return encoder, {"vocabulary": vocabulary.entries}
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(config.model, local_files_only=True)
     model = AutoModel.from_pretrained(config.model, local_files_only=True)
-    return TransformerEncoder(model, tokenizer, config.max_length), {}
+    return TransformerEncoder(model, tokenizer, config.max_length, config.pooling), {}
 
 
 class SentenceClassifier:
@@ -327,17 +340,37 @@ class SentenceClassifier:
         encoder = self.tagger.encoder
         return encoder(encoder.prepare(texts))
 
+    @torch.no_grad()
+    def encode_documents(
+        self, documents: Sequence[Sequence[str]], batch_size: int = 64, show_progress: bool = False
+    ) -> list[torch.Tensor]:
+        """(S, D) sentence vectors of every document, encoding sentences of all documents in
+        length-sorted batches (much less padding than one document at a time)."""
+        from ptrain.core.cli import progress
+
+        encoder = self.tagger.encoder
+        encoder.eval()
+        flat = [(len(t), d, s, t) for d, texts in enumerate(documents) for s, t in enumerate(texts)]
+        flat.sort(key=lambda item: item[0])
+        vectors: dict[tuple[int, int], torch.Tensor] = {}
+        starts = range(0, len(flat), batch_size)
+        for start in progress(starts, desc="encode", disable=not show_progress):
+            chunk = flat[start : start + batch_size]
+            out = encoder(encoder.prepare([item[3] for item in chunk]))
+            for item, vector in zip(chunk, out, strict=True):
+                vectors[(item[1], item[2])] = vector
+        return [
+            torch.stack([vectors[(d, s)] for s in range(len(texts))])
+            if texts
+            else torch.zeros(0, int(encoder.output_dim))
+            for d, texts in enumerate(documents)
+        ]
+
     def predict(self, documents: Sequence[Sequence[str]]) -> list[list[str]]:
         """The label of every sentence of every document (each document decoded jointly)."""
         self.tagger.eval()
-        out: list[list[str]] = []
-        with torch.no_grad():
-            for texts in documents:
-                if not texts:
-                    out.append([])
-                    continue
-                out.append([LABELS[k] for k in self.tagger.decode(self.vectors(texts))])
-        return out
+        vectors = self.encode_documents(documents)
+        return [[LABELS[k] for k in self.tagger.decode(v)] if v.shape[0] else [] for v in vectors]
 
     def save(self, directory: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
         """Writes ``classifier.pt`` (and ``encoder/`` for a pretrained encoder) to ``directory``."""
@@ -389,7 +422,7 @@ class SentenceClassifier:
 
             tokenizer = AutoTokenizer.from_pretrained(config.model, local_files_only=True)
             model = AutoModel.from_config(AutoConfig.from_pretrained(config.model))
-            encoder = TransformerEncoder(model, tokenizer, config.max_length)
+            encoder = TransformerEncoder(model, tokenizer, config.max_length, config.pooling)
         tagger = SentenceTagger(encoder, config)
         load_checkpoint(path, model=tagger, restore_rng=False)
         classifier = cls(tagger, config)
@@ -449,7 +482,9 @@ def train_classifier(
             parameter.requires_grad_(False)
         with torch.no_grad():
             encoder.eval()
-            cached = [encoder(p) for p in prepared]
+            cached = classifier.encode_documents(
+                [doc.texts for doc in documents], show_progress=show_progress
+            )
     parameters = [p for p in tagger.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         parameters, lr=train_config.lr, weight_decay=train_config.weight_decay
@@ -464,6 +499,10 @@ def train_classifier(
             start_epoch = latest.step
             state = json.loads(latest.extra["state"])
     dev_texts = [doc.texts for doc in dev_documents]
+    dev_cached: list[torch.Tensor] | None = None
+    if cached is not None:  # a frozen encoder: encode the dev sentences once, too
+        with torch.no_grad():
+            dev_cached = classifier.encode_documents(dev_texts, show_progress=show_progress)
     for epoch in range(start_epoch, train_config.epochs):
         if state["bad_epochs"] >= train_config.patience:
             break
@@ -485,7 +524,11 @@ def train_classifier(
             total += float(batch_loss.detach())
         record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
         if dev_documents:
-            predicted = classifier.predict(dev_texts)
+            if dev_cached is not None:
+                tagger.eval()
+                predicted = [[LABELS[k] for k in tagger.decode(v)] for v in dev_cached]
+            else:
+                predicted = classifier.predict(dev_texts)
             metrics = classification_metrics([d.labels for d in dev_documents], predicted)
             record["dev_accuracy"] = metrics["accuracy"]
             record["dev_macro_f1"] = metrics["macro_f1"]

@@ -136,6 +136,7 @@ def _run_train_classifier(args: argparse.Namespace) -> int:
             use_crf=not args.no_crf,
             freeze_encoder=args.freeze_encoder,
             max_length=args.max_length,
+            pooling=args.pooling,
         )
         train_config = TrainConfig(
             out_dir=args.out,
@@ -392,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--seed", type=int, default=42, help="default: 42 (upstream)")
     train.add_argument("--max-length", type=_positive_int, default=64, help="tokens per sentence")
+    train.add_argument(
+        "--pooling", choices=("cls", "mean"), default="cls", help="transformer sentence vector"
+    )
     train.add_argument("--max-train-docs", type=_positive_int, default=None)
     train.add_argument("--no-crf", action="store_true", help="softmax per sentence, no CRF")
     train.add_argument(
