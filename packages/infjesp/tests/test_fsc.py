@@ -333,6 +333,33 @@ def test_reachable_prunes_and_preserves_value(dectiger: DecPOMDP) -> None:
     assert counting_fsc().reachable().num_nodes == 5
 
 
+def test_minimized_merges_equivalent_nodes_and_keeps_the_value(dectiger: DecPOMDP) -> None:
+    # a 2-cycle of "listen" nodes is the same behaviour as one listen node; the open node differs
+    fsc = FSC(np.array([0, 0, 1]), np.array([[1, 2], [0, 2], [0, 0]]), start=0)
+    small = fsc.minimized()
+    assert small.num_nodes == 2
+    np.testing.assert_array_equal(small.actions, [0, 1])
+    np.testing.assert_array_equal(small.transitions, [[0, 1], [0, 0]])
+    assert small.start == 0
+    other = counting_fsc()
+    assert evaluate_joint(dectiger, [small, other]).value == pytest.approx(
+        evaluate_joint(dectiger, [fsc, other]).value, abs=1e-10
+    )
+    assert counting_fsc().minimized().num_nodes == 5  # already minimal
+    assert small.minimized().num_nodes == 2  # idempotent
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_minimized_random_fscs_keep_their_value(dectiger: DecPOMDP, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    fscs = [FSC.random(3, 2, 8, rng), FSC.random(3, 2, 8, rng)]
+    small = [f.minimized() for f in fscs]
+    assert all(s.num_nodes <= f.num_nodes for s, f in zip(small, fscs, strict=True))
+    assert evaluate_joint(dectiger, small).value == pytest.approx(
+        evaluate_joint(dectiger, fscs).value, abs=1e-9
+    )
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [

@@ -20,6 +20,9 @@ from infjesp.inits import (
     build_init,
     ma_init,
     mpomdp_alpha_vectors,
+    periodic_horizon,
+    periodic_init,
+    perturb_fsc,
     random_init,
 )
 from infjesp.io import read_dpomdp
@@ -190,7 +193,7 @@ def test_max_iterations_and_deadline_are_respected() -> None:
 def test_solve_is_deterministic_and_independent_of_workers() -> None:
     model = _load("dectiger")
     options: dict[str, Any] = {
-        "restarts": 2,
+        "restarts": 3,
         "seed": 7,
         "max_nodes": 2,
         "best_response": exhaustive_best_response,
@@ -206,7 +209,7 @@ def test_solve_is_deterministic_and_independent_of_workers() -> None:
         assert other.value == one.value
         assert _same(other.fscs, one.fscs)
         assert strip(other.runs) == strip(one.runs)
-    assert [r["init"] for r in one.runs] == ["ma", "random"]
+    assert [r["init"] for r in one.runs] == ["periodic", "ma", "random"]
     assert one.iterations == sum(r["iterations"] for r in one.runs)
     assert one.fsc_sizes == [f.num_nodes for f in one.fscs]
     assert one.value == pytest.approx(evaluate_joint(model, one.fscs).value, abs=1e-9)
@@ -284,6 +287,89 @@ def test_recycling_reaches_the_best_known_value() -> None:
 def test_dectiger_with_the_ma_init() -> None:
     result = solve(_load("dectiger"), restarts=1, init="ma", time_limit=600)
     assert result.value >= 6.47
+
+
+@needs_data
+def test_periodic_init_on_dectiger_is_the_best_known_value() -> None:
+    # the horizon-3 optimum (5.1908 undiscounted, masplan) repeated forever: 13.4486 at gamma 0.9,
+    # the best-known value (FB-HSVI / PBVI-BB), from 7 + 7 tree nodes
+    model = _load("dectiger")
+    assert periodic_horizon(model) == 3
+    fscs = periodic_init(model)
+    assert evaluate_joint(model, fscs).value == pytest.approx(13.4486, abs=1e-4)
+    assert all(f.num_nodes <= 7 for f in fscs)
+
+
+@needs_data
+def test_periodic_horizon_respects_the_node_cap_and_tree_budget() -> None:
+    model = _load("dectiger")
+    assert periodic_horizon(model, max_nodes=3) == 2  # 1 + 2 nodes
+    assert periodic_horizon(model, max_nodes=2) == 1
+    assert periodic_horizon(_load("GridSmall")) == 2  # 5^7 trees at h = 3: over the budget
+    assert all(f.num_nodes == 1 for f in periodic_init(model, max_nodes=2))
+
+
+@needs_data
+def test_solve_default_portfolio_reaches_the_dectiger_best_known_value() -> None:
+    result = solve(_load("dectiger"), restarts=1, time_limit=60)
+    assert result.runs[0]["init"] == "periodic"
+    assert result.value >= 13.448 * 0.99
+
+
+@needs_data
+def test_perturb_fsc_changes_one_thing_and_keeps_the_cap() -> None:
+    rng = np.random.default_rng(0)
+    model = _load("dectiger")
+    base = random_init(model, 3, np.random.default_rng(1))[0]
+    seen_insert = seen_action = False
+    for _ in range(50):
+        kicked = perturb_fsc(base, 3, 4, rng)
+        assert kicked.num_nodes <= 4
+        check_fscs(model, [kicked, base])
+        seen_insert |= kicked.num_nodes > base.minimized().num_nodes
+        seen_action |= not (
+            kicked.num_nodes == base.num_nodes and np.array_equal(kicked.actions, base.actions)
+        )
+    assert seen_insert and seen_action
+    full = FSC(np.zeros(4, dtype=np.int64), np.zeros((4, 2), dtype=np.int64))
+    assert perturb_fsc(full, 3, 4, rng).num_nodes <= 4  # at the cap: only action changes
+
+
+@needs_data
+def test_kicks_never_lower_a_run_and_are_deterministic() -> None:
+    model = _load("dectiger")
+    options: dict[str, Any] = {
+        "restarts": 2,
+        "init": "random",
+        "seed": 3,
+        "max_nodes": 2,
+        "best_response": exhaustive_best_response,
+    }
+    plain = solve(model, kicks=0, **options)
+    kicked = solve(model, kicks=3, **options)
+    again = solve(model, kicks=3, **options)
+    assert kicked.value == again.value and _same(kicked.fscs, again.fscs)
+    for before, after in zip(plain.runs, kicked.runs, strict=True):
+        assert after["jesp_value"] == before["value"]  # the same JESP run first
+        assert after["value"] >= before["value"]
+        assert after["iterations"] > before["iterations"]
+    with pytest.raises(InfJespError, match="kicks"):
+        solve(model, kicks=-1)
+
+
+@needs_data
+def test_first_agent_picks_who_responds_first() -> None:
+    model = _load("dectiger")
+    agents: list[int] = []
+
+    def record(m: DecPOMDP, fscs: list[FSC], agent: int, **_: Any) -> _Result:
+        agents.append(agent)
+        return _Result(fscs[agent], -1e9)
+
+    jesp(model, blind_init(model), best_response=record, first_agent=1)
+    assert agents == [1]
+    with pytest.raises(InfJespError, match="first_agent"):
+        jesp(model, blind_init(model), best_response=record, first_agent=2)
 
 
 # ---------------------------------------------------------------- pomdp-py cross-check

@@ -20,6 +20,9 @@ from typing import Any, Protocol
 
 from infjesp.errors import InfJespError
 
+# Same as infjesp.jesp.DEFAULT_KICKS (kept here so --help does not import numpy/scipy).
+_DEFAULT_KICKS = 0
+
 PROG = "infjesp"
 
 
@@ -225,6 +228,7 @@ def _run_solve(args: argparse.Namespace) -> int:
         epsilon=args.epsilon,
         max_iterations=args.max_iterations,
         on_progress=None if quiet else print_progress,
+        kicks=args.kicks,
     )
     summary: dict[str, Any] = {
         "value": float(result.value),
@@ -318,11 +322,19 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--workers", type=_positive_int, default=1, help="processes (1)")
     solve.add_argument(
         "--init",
-        default="ma",
-        metavar="{random,blind,mdp,ma,md,ms}",
-        help="init of restart 0 (ma); later restarts start from random FSCs",
+        default="auto",
+        metavar="{auto,periodic,ma,md,ms,mdp,blind,random}",
+        help="init of restart 0; auto (default): restart 0 periodic (the optimal finite-horizon "
+        "joint policy, repeated), restart 1 ma; later restarts start from random FSCs",
     )
     solve.add_argument("--max-nodes", type=_positive_int, default=50, help="FSC node cap (50)")
+    solve.add_argument(
+        "--kicks",
+        type=int,
+        default=_DEFAULT_KICKS,
+        help=f"perturbation rounds per run after JESP converges (iterated local search; "
+        f"{_DEFAULT_KICKS}; 0 = plain JESP)",
+    )
     solve.add_argument(
         "--epsilon", type=float, default=1e-6, help="relative acceptance margin (1e-6)"
     )

@@ -160,13 +160,17 @@ def best_response(
     br = build_best_response(model, fscs, agent)
     result = solve(br, epsilon=epsilon, max_beliefs=max_beliefs, time_limit=time_limit, rng=rng)
     joint = list(fscs)
-    fsc = extract_fsc(br, result.alphas, max_nodes=max_nodes, belief_merge_gap=belief_merge_gap)
+    # minimized(): behaviourally equal nodes merged (same value), so the next best responses,
+    # whose state space grows with this controller's size, stay small
+    fsc = extract_fsc(
+        br, result.alphas, max_nodes=max_nodes, belief_merge_gap=belief_merge_gap
+    ).minimized()
     joint[agent] = fsc
     value = evaluate_joint(model, joint).value
     if fsc.num_nodes >= max_nodes:  # the cap was hit: also try linking by α-value, keep the best
         alt = extract_fsc(
             br, result.alphas, max_nodes=max_nodes, belief_merge_gap=belief_merge_gap, link="value"
-        )
+        ).minimized()
         joint[agent] = alt
         alt_value = evaluate_joint(model, joint).value
         if alt_value > value:

@@ -160,6 +160,44 @@ class FSC:
             self.actions[seen], new_index[self.transitions[seen]], int(new_index[self.start])
         )
 
+    def minimized(self) -> FSC:
+        """The smallest controller with the same behaviour (and so the same value in any model).
+
+        Unreachable nodes are dropped, then nodes are merged by partition refinement (Moore's
+        algorithm): start from the classes "same action", split a class whenever two of its nodes
+        move to different classes on some observation, until nothing splits. Merged nodes emit
+        the same action after every observation sequence, so the joint value is unchanged
+        exactly. Classes are numbered in order of their first node, so the result is
+        deterministic.
+        """
+        fsc = self.reachable()
+        classes = _first_seen_labels(fsc.actions[:, None])
+        while True:
+            signature = np.column_stack([classes, classes[fsc.transitions]])
+            refined = _first_seen_labels(signature)
+            if refined.max() == classes.max():
+                break
+            classes = refined
+        count = int(classes.max()) + 1
+        if count == fsc.num_nodes:
+            return fsc
+        representative = np.zeros(count, dtype=np.int64)
+        representative[classes[::-1]] = np.arange(fsc.num_nodes)[::-1]  # first node of each class
+        return FSC(
+            fsc.actions[representative],
+            classes[fsc.transitions[representative]],
+            int(classes[fsc.start]),
+        )
+
+
+def _first_seen_labels(rows: np.ndarray) -> np.ndarray:
+    """Labels 0, 1, … for the distinct rows of ``rows``, numbered in order of first occurrence."""
+    _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # unique rows sorted by where they first appear
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return rank[inverse.ravel()].astype(np.int64)
+
 
 @dataclass(frozen=True, eq=False)
 class JointValue:

@@ -35,6 +35,16 @@ Every function returns one deterministic :class:`~infjesp.fsc.FSC` per agent.
   exist, a new belief links to the closest existing node (MC-JESP's ``GiveSimilarNodeIndex``).
   A zero-probability observation links the node to itself.
 
+* ``periodic``: the optimal finite-horizon joint policy (policy trees, exhaustive search over
+  one agent's trees against the other's best response, at the model's discount), repeated: each
+  leaf of a tree moves back to its root, so the controller replays its horizon-h plan forever.
+  The horizon is the largest h <= ``PERIODIC_MAX_HORIZON`` whose trees fit ``max_nodes`` and
+  whose exhaustive search enumerates at most ``PERIODIC_MAX_TREES`` trees (Dec-Tiger and
+  Recycling: h = 3; GridSmall: h = 2; Mars: h = 1). It captures problems whose good policies
+  "gather information for a few steps, act, start over": on Dec-Tiger at γ = 0.9 the repeated
+  horizon-3 optimum (7 + 7 nodes) is worth 13.4486, the best-known value. Two agents only
+  (the exhaustive search is two-agent); other models fall back to ``ma``.
+
 All builders are deterministic given their arguments (``rng`` only matters for ``random`` and
 ``ms``).
 """
@@ -47,6 +57,7 @@ from collections.abc import Callable
 import numpy as np
 
 from infjesp.errors import InfJespError
+from infjesp.finite import brute_force_optimum, tree_size
 from infjesp.fsc import FSC
 from infjesp.model import DecPOMDP, best_constant_joint_action, mdp_q_values
 
@@ -59,10 +70,16 @@ __all__ = [
     "mdp_init",
     "mpomdp_alpha_vectors",
     "ms_init",
+    "periodic_init",
+    "perturb_fsc",
     "random_init",
 ]
 
-INITS = frozenset({"random", "blind", "mdp", "ma", "md", "ms"})
+INITS = frozenset({"random", "blind", "mdp", "ma", "md", "ms", "periodic"})
+
+# The periodic init's search limits: horizon and the number of trees enumerated.
+PERIODIC_MAX_HORIZON = 3
+PERIODIC_MAX_TREES = 20_000
 
 # Above this many entries of the dense (JA, JO, S, S') tensor, "pbvi" falls back to QMDP.
 _PBVI_MAX_ENTRIES = 2_000_000
@@ -323,6 +340,78 @@ def ms_init(
     return _mpomdp_init(model, _value_chooser(model, value), _SAMPLED, max_nodes, belief_gap, rng)
 
 
+def perturb_fsc(fsc: FSC, num_actions: int, max_nodes: int, rng: np.random.Generator) -> FSC:
+    """A random neighbour of ``fsc`` (the "kick" of iterated local search).
+
+    With probability 1/2 (or always, at ``max_nodes``) one random node gets another random
+    action; otherwise a node is inserted: a random (node, observation) edge is redirected to a
+    new node with a random action whose successors copy the edge's old target.
+
+    Args:
+        fsc: The controller to perturb.
+        num_actions: The agent's number of actions.
+        max_nodes: Node cap.
+        rng: The random source.
+
+    Returns:
+        A new FSC (minimised).
+    """
+    actions = fsc.actions.copy()
+    transitions = fsc.transitions.copy()
+    n = fsc.num_nodes
+    if n >= max_nodes or rng.random() < 0.5:
+        if num_actions > 1:
+            node = int(rng.integers(n))
+            actions[node] = (actions[node] + rng.integers(1, num_actions)) % num_actions
+    else:
+        node, z = int(rng.integers(n)), int(rng.integers(fsc.num_observations))
+        target = transitions[node, z]
+        actions = np.append(actions, rng.integers(num_actions))
+        transitions = np.vstack([transitions, transitions[target]])
+        transitions[node, z] = n
+    return FSC(actions, transitions, fsc.start).minimized()
+
+
+def periodic_horizon(model: DecPOMDP, max_nodes: int = 50) -> int:
+    """The horizon :func:`periodic_init` uses for ``model`` (see the module docstring)."""
+    best = 1
+    for h in range(2, PERIODIC_MAX_HORIZON + 1):
+        sizes = [tree_size(z, h) for z in model.num_observations]
+        trees = min(a**size for a, size in zip(model.num_actions, sizes, strict=True))
+        if max(sizes) <= max_nodes and trees <= PERIODIC_MAX_TREES:
+            best = h
+    return best
+
+
+def periodic_init(model: DecPOMDP, max_nodes: int = 50, horizon: int | None = None) -> list[FSC]:
+    """The optimal horizon-h joint policy trees, each leaf linked back to its root.
+
+    Args:
+        model: The Dec-POMDP (two agents; others get :func:`ma_init`).
+        max_nodes: Node cap (the trees of the chosen horizon fit it).
+        horizon: h; default :func:`periodic_horizon`.
+
+    Returns:
+        One FSC per agent (minimised; at most Σ_{t<h} Z_i^t nodes).
+    """
+    max_nodes = _check_max_nodes(max_nodes)
+    if model.num_agents != 2:
+        return ma_init(model, max_nodes)
+    if horizon is None:
+        horizon = periodic_horizon(model, max_nodes)
+    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+        raise InfJespError(f"horizon must be an integer >= 1, got {horizon!r}")
+    _, trees = brute_force_optimum(model, horizon, max_trees=max(PERIODIC_MAX_TREES, 1))
+    fscs = []
+    for tree in trees:
+        Z = tree.num_observations
+        n = tree.actions.size
+        children = np.arange(n)[:, None] * Z + 1 + np.arange(Z)[None, :]  # BFS child index
+        children[children >= n] = 0  # past the last level: back to the root
+        fscs.append(FSC(tree.actions, children, 0).minimized())
+    return fscs
+
+
 def build_init(name: str, model: DecPOMDP, max_nodes: int, rng: np.random.Generator) -> list[FSC]:
     """The init ``name`` (one of :data:`INITS`) for ``model``.
 
@@ -341,4 +430,6 @@ def build_init(name: str, model: DecPOMDP, max_nodes: int, rng: np.random.Genera
         return md_init(model, max_nodes, rng)
     if name == "ms":
         return ms_init(model, max_nodes, rng)
+    if name == "periodic":
+        return periodic_init(model, max_nodes)
     raise InfJespError(f"unknown init {name!r}; expected one of {', '.join(sorted(INITS))}")

@@ -8,7 +8,8 @@ solver-ε Nash equilibrium), after ``max_iterations`` best responses, or when th
 (anytime: the best joint FSC so far is returned).
 
 :func:`solve` runs ``restarts`` independent JESP runs and keeps the best. Restart 0 starts from
-the chosen init (``"ma"`` by default); the others start from random inits with at most
+the chosen init; by default (``"auto"``) restarts 0 and 1 start from the ``periodic`` and ``ma``
+inits. The others start from random inits with at most
 ``min(max_nodes, 5)`` nodes per agent (MC-JESP's ``--initRand`` default; large random
 controllers only make the first best responses slower). Restart ``r`` draws its randomness from
 ``numpy.random.default_rng([seed, r])``, so results do not depend on ``workers``.
@@ -29,7 +30,7 @@ import numpy as np
 
 from infjesp.errors import InfJespError
 from infjesp.fsc import FSC, check_fscs, evaluate_joint
-from infjesp.inits import INITS, blind_init, build_init, random_init
+from infjesp.inits import INITS, blind_init, build_init, perturb_fsc, random_init
 from infjesp.model import DecPOMDP, best_constant_joint_action, qmdp_value
 
 __all__ = [
@@ -42,6 +43,10 @@ __all__ = [
 
 # Node cap of the random inits of restarts >= 1 (MC-JESP's `--initRand` default).
 RANDOM_RESTART_NODES = 5
+# init="auto": restart r < len(AUTO_INITS) starts from AUTO_INITS[r], later ones from random FSCs.
+AUTO_INITS = ("periodic", "ma")
+# Perturbation rounds per run after JESP converges (solve's ``kicks``).
+DEFAULT_KICKS = 0
 # Most candidate controllers exhaustive_best_response enumerates.
 _EXHAUSTIVE_LIMIT = 100_000
 
@@ -168,6 +173,7 @@ def jesp(
     rng: np.random.Generator | None = None,
     on_progress: ProgressFn | None = None,
     br_options: dict[str, Any] | None = None,
+    first_agent: int = 0,
 ) -> JespRun:
     """Round-robin best responses from ``init_fscs`` until a fixed point (design §2.5).
 
@@ -185,6 +191,7 @@ def jesp(
         on_progress: Called after each best response with ``{"iteration", "agent", "value",
             "candidate", "accepted"}`` (``value`` is V* after the step).
         br_options: Extra keyword arguments for ``best_response`` (e.g. ``max_nodes``).
+        first_agent: The agent whose best response comes first.
 
     Returns:
         The best joint FSC found, its exact value and the value history.
@@ -210,7 +217,9 @@ def jesp(
     value = evaluate_joint(model, fscs).value
     history = [value]
     iterations = nonimproving = 0
-    agent = num_agents - 1
+    if not 0 <= first_agent < num_agents:
+        raise InfJespError(f"first_agent must lie in [0, {num_agents}), got {first_agent!r}")
+    agent = (first_agent - 1) % num_agents
     converged = False
     while True:
         if nonimproving >= patience:
@@ -248,6 +257,12 @@ def jesp(
     return JespRun(fscs, value, history, iterations, converged)
 
 
+def _restart_init(init: str, restart: int) -> str:
+    """The init of restart ``restart``: ``init`` (or the AUTO_INITS portfolio), then random."""
+    portfolio = AUTO_INITS if init == "auto" else (init,)
+    return portfolio[restart] if restart < len(portfolio) else "random"
+
+
 def _run_restart(
     model: DecPOMDP,
     restart: int,
@@ -261,21 +276,23 @@ def _run_restart(
 ) -> tuple[dict[str, Any], list[FSC] | None]:
     """One restart (top level, so a process pool can pickle it)."""
     start = time.monotonic()
-    init_name = init if restart == 0 else "random"
+    init_name = _restart_init(init, restart)
     summary: dict[str, Any] = {"restart": restart, "init": init_name}
     if deadline is not None and start >= deadline:
         summary.update(skipped=True, iterations=0, time_s=0.0)
         return summary, None
     rng = np.random.default_rng([seed, restart])
-    if restart == 0:
-        fscs = build_init(init, model, max_nodes, rng)
-    else:
+    if init_name == "random":
         fscs = random_init(model, min(max_nodes, RANDOM_RESTART_NODES), rng)
+    else:
+        fscs = build_init(init_name, model, max_nodes, rng)
 
     def progress(event: dict[str, Any]) -> None:
         if on_progress is not None:
             on_progress({"restart": restart, **event})
 
+    options = dict(jesp_options)
+    kicks = int(options.pop("kicks", 0))
     run = jesp(
         model,
         fscs,
@@ -283,25 +300,49 @@ def _run_restart(
         deadline=deadline,
         rng=rng,
         on_progress=progress if on_progress is not None else None,
-        **jesp_options,
+        **options,
     )
+    best_fscs, best_value = run.fscs, run.value
+    iterations, improved_by_kicks = run.iterations, 0
+    for kick in range(kicks):  # iterated local search: perturb one agent, let JESP repair it
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        agent = kick % model.num_agents
+        kicked = [  # every agent moves: one agent's move alone is undone by the others' BRs
+            perturb_fsc(f, model.num_actions[i], max_nodes, rng) for i, f in enumerate(best_fscs)
+        ]
+        again = jesp(
+            model,
+            kicked,
+            best_response=best_response,
+            deadline=deadline,
+            rng=rng,
+            first_agent=(agent + 1) % model.num_agents,
+            **options,
+        )
+        iterations += again.iterations
+        if again.value > best_value + options["epsilon"] * max(1.0, abs(best_value)):
+            best_fscs, best_value = again.fscs, again.value
+            improved_by_kicks += 1
     summary.update(
         skipped=False,
         initial_value=run.history[0],
-        value=run.value,
-        iterations=run.iterations,
+        jesp_value=run.value,
+        value=best_value,
+        iterations=iterations,
         converged=run.converged,
-        fsc_sizes=[f.num_nodes for f in run.fscs],
+        kicks_improved=improved_by_kicks,
+        fsc_sizes=[f.num_nodes for f in best_fscs],
         time_s=time.monotonic() - start,
     )
-    return summary, run.fscs
+    return summary, best_fscs
 
 
 def solve(
     model: DecPOMDP,
     *,
     restarts: int = 1,
-    init: str = "ma",
+    init: str = "auto",
     seed: int = 0,
     time_limit: float | None = None,
     workers: int = 1,
@@ -311,6 +352,7 @@ def solve(
     br_epsilon: float = 1e-4,
     best_response: BestResponseFn | None = None,
     on_progress: ProgressFn | None = None,
+    kicks: int = DEFAULT_KICKS,
 ) -> SolveResult:
     """Best joint FSC over ``restarts`` independent JESP runs.
 
@@ -318,7 +360,8 @@ def solve(
         model: The Dec-POMDP (discount < 1).
         restarts: Total number of JESP runs (>= 1). Restart 0 uses ``init``; the others use
             random inits (at most ``min(max_nodes, 5)`` nodes).
-        init: One of :data:`~infjesp.inits.INITS`.
+        init: One of :data:`~infjesp.inits.INITS`, or ``"auto"`` (default): the portfolio
+            :data:`AUTO_INITS` (restart 0 ``periodic``, restart 1 ``ma``), then random inits.
         seed: Restart ``r`` uses ``numpy.random.default_rng([seed, r])``.
         time_limit: Total wall-clock budget in seconds shared by all runs (each run gets the
             global deadline; runs not started by then are skipped); None for no limit.
@@ -334,6 +377,11 @@ def solve(
         best_response: The best-response solver (default :func:`infjesp.extract.best_response`).
         on_progress: Called per best response with ``restart``, ``iteration``, ``agent``,
             ``value`` (see :func:`jesp`).
+        kicks: Iterated local search inside each run: after JESP converges, this many times
+            perturb one agent's controller of the run's best joint FSC (:func:`perturb_fsc`,
+            agents in turn), re-run JESP from there (the other agents respond first), and keep
+            the result if it is better. It escapes equilibria that differ from a better one by
+            a node or an action (Recycling: 31.4961 with 2 + 2 nodes → 31.9291 with 3 + 3).
 
     Returns:
         The best joint FSC. Never worse than the best constant joint action: if every run ends
@@ -344,8 +392,10 @@ def solve(
     """
     started = time.monotonic()
     model.require_infinite_horizon()
-    if init not in INITS:
+    if init not in INITS and init != "auto":
         raise InfJespError(f"unknown init {init!r}; expected one of {', '.join(sorted(INITS))}")
+    if isinstance(kicks, bool) or not isinstance(kicks, int) or kicks < 0:
+        raise InfJespError(f"kicks must be an integer >= 0, got {kicks!r}")
     for name, number in (("restarts", restarts), ("workers", workers), ("max_nodes", max_nodes)):
         if isinstance(number, bool) or not isinstance(number, int) or number < 1:
             raise InfJespError(f"{name} must be an integer >= 1, got {number!r}")
@@ -356,6 +406,7 @@ def solve(
         "epsilon": epsilon,
         "max_iterations": max_iterations,
         "br_options": {"max_nodes": max_nodes, "epsilon": br_epsilon},
+        "kicks": kicks,
     }
     arguments = [
         (model, r, init, seed, max_nodes, deadline, jesp_options, best_response, on_progress)
