@@ -81,7 +81,7 @@ def main() -> None:
         "meta": {
             "command": "flock /tmp/ptrain-heavy.lock python packages/contrastive-crop/benchmarks/"
             f"knn_study.py --epochs {args.epochs} --num-images {args.num_images} "
-            f"--backbone {args.backbone} --json PATH",
+            f"--batch-size {args.batch_size} --backbone {args.backbone} --json PATH",
             **vars(args),
             "wall_seconds": time.perf_counter() - started,
         },
