@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ptrain.sched.apps import GavelJobModel, JobModel, Rate, load_applications
@@ -456,11 +457,14 @@ class Simulator:
 
 def models_for(specs: Sequence[JobSpec], traces: str | None = None) -> dict[str, JobModel]:
     """Job models for a workload: Pollux applications, plus Gavel job types when needed."""
-    models: dict[str, JobModel] = dict(load_applications(traces))
+    try:
+        models: dict[str, JobModel] = dict(load_applications(traces))
+    except InputError:
+        if traces is None or not (Path(traces) / "simulation_throughputs.json").exists():
+            raise
+        models = dict(load_applications())  # a Gavel folder: Pollux tables from the package
     missing = {s.application for s in specs} - set(models)
     if missing:
-        from pathlib import Path
-
         from ptrain.sched.apps import load_gavel_throughputs
 
         table_path = Path(traces) / "simulation_throughputs.json" if traces else None
