@@ -38,8 +38,21 @@ CONTRACT_KEYS = {"policy", "avg_jct", "p99_jct", "makespan", "jobs", "decide_lat
 
 def test_simulate_writes_the_contract_json(small_csv: Path, tmp_path: Path) -> None:
     out = tmp_path / "run.json"
-    argv = ["simulate", "--workload", str(small_csv), "--policy", "ones", "--gpus", "8",
-            "--gpus-per-node", "4", "--seed", "0", "--json", str(out)]  # fmt: skip
+    argv = [
+        "simulate",
+        "--workload",
+        str(small_csv),
+        "--policy",
+        "ones",
+        "--gpus",
+        "8",
+        "--gpus-per-node",
+        "4",
+        "--seed",
+        "0",
+        "--json",
+        str(out),
+    ]
     assert main(argv) == 0
     data = json.loads(out.read_text())
     assert set(data) >= CONTRACT_KEYS
@@ -53,8 +66,22 @@ def test_simulate_writes_the_contract_json(small_csv: Path, tmp_path: Path) -> N
 @needs_shared
 def test_contract_on_a_pollux_workload(tmp_path: Path) -> None:
     out = tmp_path / "w1.json"
-    argv = ["simulate", "--workload", str(WORKLOAD_1), "--policy", "tiresias", "--gpus", "64",
-            "--gpus-per-node", "4", "--seed", "0", "--json", str(out), "--quiet"]  # fmt: skip
+    argv = [
+        "simulate",
+        "--workload",
+        str(WORKLOAD_1),
+        "--policy",
+        "tiresias",
+        "--gpus",
+        "64",
+        "--gpus-per-node",
+        "4",
+        "--seed",
+        "0",
+        "--json",
+        str(out),
+        "--quiet",
+    ]
     assert main(argv) == 0
     data = json.loads(out.read_text())
     assert set(data) >= CONTRACT_KEYS
@@ -65,8 +92,19 @@ def test_compare_and_plot(small_csv: Path, tmp_path: Path, capsys: pytest.Captur
     pytest.importorskip("matplotlib")
     out = tmp_path / "cmp.json"
     plot = tmp_path / "gantt.png"
-    argv = ["compare", "--workload", str(small_csv), "--gpus", "8", "--policies",
-            "fifo,tiresias,ones", "--json", str(out), "--plot", str(plot)]  # fmt: skip
+    argv = [
+        "compare",
+        "--workload",
+        str(small_csv),
+        "--gpus",
+        "8",
+        "--policies",
+        "fifo,tiresias,ones",
+        "--json",
+        str(out),
+        "--plot",
+        str(plot),
+    ]
     assert main(argv) == 0
     table = capsys.readouterr().out
     assert "tiresias" in table and "avg JCT" in table
@@ -98,8 +136,22 @@ def test_cli_rejections_are_one_line(small_csv: Path, capsys: pytest.CaptureFixt
         "ptrain-sched: error: unknown policy 'lottery'; valid policies: "
         "fifo, srtf, tiresias, optimus, pollux, ones"
     )
-    assert main(["simulate", "--workload", str(small_csv), "--policy", "fifo", "--gpus", "2",
-                 "--gpus-per-node", "2"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "simulate",
+                "--workload",
+                str(small_csv),
+                "--policy",
+                "fifo",
+                "--gpus",
+                "2",
+                "--gpus-per-node",
+                "2",
+            ]
+        )
+        == 2
+    )
     assert "asks for 4 GPUs but the cluster has only 2" in capsys.readouterr().err
     assert main(["simulate", "--workload", str(small_csv), "--policy", "fifo", "--gpus", "6"]) == 2
     assert "multiple of --gpus-per-node" in capsys.readouterr().err
@@ -111,7 +163,19 @@ def test_gavel_trace_simulates(tmp_path: Path) -> None:
     specs = load_gavel_trace(trace)
     assert specs and all(s.work and s.work > 0 for s in specs)
     out = tmp_path / "g.json"
-    argv = ["simulate", "--workload", str(trace), "--policy", "tiresias", "--gpus", "8",
-            "--traces", str(GAVEL), "--json", str(out), "--quiet"]  # fmt: skip
+    argv = [
+        "simulate",
+        "--workload",
+        str(trace),
+        "--policy",
+        "tiresias",
+        "--gpus",
+        "8",
+        "--traces",
+        str(GAVEL),
+        "--json",
+        str(out),
+        "--quiet",
+    ]
     assert main(argv) == 0
     assert json.loads(out.read_text())["jobs"] == len(specs)

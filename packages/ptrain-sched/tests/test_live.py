@@ -21,10 +21,15 @@ def _submit(spool: Path, name: str, *args: str, gpus: int = 1, launcher: str = "
     spec = spool / f"{name}.spec.json"
     spec.write_text(
         json.dumps(
-            {"name": name, "command": [JOB, *args], "gpus": gpus, "batch_size": 8,
-             "launcher": launcher}
+            {
+                "name": name,
+                "command": [JOB, *args],
+                "gpus": gpus,
+                "batch_size": 8,
+                "launcher": launcher,
+            }
         )
-    )  # fmt: skip
+    )
     submit_job(spool, spec)
 
 

@@ -22,8 +22,15 @@ SHORT = ("cifar10", "ncf", "bert")  # short jobs keep these simulations fast
 
 
 def _job(i: int, t: float, gpus: int, work: float, app: str = "lin") -> JobSpec:
-    return JobSpec(job_id=i, name=f"j{i}", submit_time=t, application=app, num_gpus=gpus,
-                   batch_size=gpus, work=work)  # fmt: skip
+    return JobSpec(
+        job_id=i,
+        name=f"j{i}",
+        submit_time=t,
+        application=app,
+        num_gpus=gpus,
+        batch_size=gpus,
+        work=work,
+    )
 
 
 def _finish(result, job_id):
@@ -33,8 +40,13 @@ def _finish(result, job_id):
 def test_job_finishes_exactly_when_its_work_is_done(linear_models) -> None:
     specs = [_job(0, 7.0, 2, work=100.0)]
     config = SimConfig(tick=60.0, restart_penalty=30.0)
-    result = simulate(specs, FifoPolicy(), ClusterSpec(nodes=1, gpus_per_node=4),
-                      models=linear_models, config=config)  # fmt: skip
+    result = simulate(
+        specs,
+        FifoPolicy(),
+        ClusterSpec(nodes=1, gpus_per_node=4),
+        models=linear_models,
+        config=config,
+    )
     record = result.records[0]
     # starts on arrival (decide on events), pays 30 s restart penalty, then 100 / (2·1) s.
     assert record.start == 7.0
@@ -45,8 +57,13 @@ def test_job_finishes_exactly_when_its_work_is_done(linear_models) -> None:
 def test_events_in_order_completion_frees_gpus_before_arrival(linear_models) -> None:
     # j0 finishes at 0 + 0 + 10 = 10 s exactly when j1 arrives; j1 must start at 10, not later.
     specs = [_job(0, 0.0, 4, work=40.0), _job(1, 10.0, 4, work=40.0)]
-    result = simulate(specs, FifoPolicy(), ClusterSpec(nodes=1, gpus_per_node=4),
-                      models=linear_models, config=SimConfig(restart_penalty=0.0))  # fmt: skip
+    result = simulate(
+        specs,
+        FifoPolicy(),
+        ClusterSpec(nodes=1, gpus_per_node=4),
+        models=linear_models,
+        config=SimConfig(restart_penalty=0.0),
+    )
     assert _finish(result, 0).finish == pytest.approx(10.0)
     assert _finish(result, 1).start == pytest.approx(10.0)
     assert _finish(result, 1).finish == pytest.approx(20.0)
@@ -54,8 +71,13 @@ def test_events_in_order_completion_frees_gpus_before_arrival(linear_models) -> 
 
 def test_fifo_runs_in_arrival_order_with_head_of_line_blocking(linear_models) -> None:
     specs = [_job(0, 0.0, 3, 30.0), _job(1, 1.0, 4, 8.0), _job(2, 2.0, 1, 1.0)]
-    result = simulate(specs, FifoPolicy(), ClusterSpec(nodes=1, gpus_per_node=4),
-                      models=linear_models, config=SimConfig(restart_penalty=0.0))  # fmt: skip
+    result = simulate(
+        specs,
+        FifoPolicy(),
+        ClusterSpec(nodes=1, gpus_per_node=4),
+        models=linear_models,
+        config=SimConfig(restart_penalty=0.0),
+    )
     starts = [_finish(result, i).start for i in range(3)]
     # j2 (1 GPU) fits beside j0 but must wait behind j1 (4 GPUs): strict FIFO order.
     assert starts[0] < starts[1] <= starts[2]
@@ -64,8 +86,13 @@ def test_fifo_runs_in_arrival_order_with_head_of_line_blocking(linear_models) ->
 
 def test_srtf_preempts_a_long_job_for_a_short_one(linear_models) -> None:
     specs = [_job(0, 0.0, 4, 400.0), _job(1, 20.0, 4, 20.0)]
-    result = simulate(specs, SrtfPolicy(), ClusterSpec(nodes=1, gpus_per_node=4),
-                      models=linear_models, config=SimConfig(restart_penalty=0.0))  # fmt: skip
+    result = simulate(
+        specs,
+        SrtfPolicy(),
+        ClusterSpec(nodes=1, gpus_per_node=4),
+        models=linear_models,
+        config=SimConfig(restart_penalty=0.0),
+    )
     long, short = _finish(result, 0), _finish(result, 1)
     assert short.start == pytest.approx(20.0) and short.finish == pytest.approx(25.0)
     assert long.preemptions == 1 and long.finish == pytest.approx(105.0)
@@ -76,13 +103,23 @@ def test_tiresias_demotes_a_job_past_the_service_threshold(linear_models) -> Non
     # 0 attained service, takes priority although it came later, and preempts j0.
     policy = TiresiasPolicy(thresholds_gpu_hours=(0.01,))
     specs = [_job(0, 0.0, 4, 400.0), _job(1, 20.0, 4, 40.0)]
-    result = simulate(specs, policy, ClusterSpec(nodes=1, gpus_per_node=4),
-                      models=linear_models, config=SimConfig(restart_penalty=0.0))  # fmt: skip
+    result = simulate(
+        specs,
+        policy,
+        ClusterSpec(nodes=1, gpus_per_node=4),
+        models=linear_models,
+        config=SimConfig(restart_penalty=0.0),
+    )
     assert _finish(result, 1).start == pytest.approx(20.0)
     assert _finish(result, 0).preemptions >= 1
     # Without demotion (default 16 GPU-h) j1 waits for j0: FIFO within the first queue.
-    plain = simulate(specs, TiresiasPolicy(), ClusterSpec(nodes=1, gpus_per_node=4),
-                     models=linear_models, config=SimConfig(restart_penalty=0.0))  # fmt: skip
+    plain = simulate(
+        specs,
+        TiresiasPolicy(),
+        ClusterSpec(nodes=1, gpus_per_node=4),
+        models=linear_models,
+        config=SimConfig(restart_penalty=0.0),
+    )
     assert _finish(plain, 1).start == pytest.approx(100.0)
 
 
@@ -126,8 +163,12 @@ def test_batch_size_changes_time_to_finish() -> None:
 
 def test_job_asking_for_more_gpus_than_exist_is_rejected(linear_models) -> None:
     with pytest.raises(InputError, match="asks for 8 GPUs but the cluster has only 4"):
-        simulate([_job(0, 0.0, 8, 1.0)], FifoPolicy(), ClusterSpec(nodes=1, gpus_per_node=4),
-                 models=linear_models)  # fmt: skip
+        simulate(
+            [_job(0, 0.0, 8, 1.0)],
+            FifoPolicy(),
+            ClusterSpec(nodes=1, gpus_per_node=4),
+            models=linear_models,
+        )
 
 
 def test_unknown_policy_lists_the_valid_ones() -> None:
@@ -147,13 +188,20 @@ def test_stalling_policy_is_reported(linear_models) -> None:
             return Allocation({})
 
     with pytest.raises(RuntimeError, match="leaves 1 jobs waiting"):
-        simulate([_job(0, 0.0, 1, 1.0)], Idle(), ClusterSpec(nodes=1, gpus_per_node=1),
-                 models=linear_models)  # fmt: skip
+        simulate(
+            [_job(0, 0.0, 1, 1.0)],
+            Idle(),
+            ClusterSpec(nodes=1, gpus_per_node=1),
+            models=linear_models,
+        )
 
 
 def test_pollux_grows_a_lone_job_and_retunes_its_batch() -> None:
-    specs = [JobSpec(job_id=0, name="c", submit_time=0.0, application="cifar10", num_gpus=1,
-                     batch_size=128)]  # fmt: skip
+    specs = [
+        JobSpec(
+            job_id=0, name="c", submit_time=0.0, application="cifar10", num_gpus=1, batch_size=128
+        )
+    ]
     result = simulate(specs, make_policy("pollux"), ClusterSpec(nodes=2, gpus_per_node=4))
     segments = result.timeline
     assert max(n for *_, n, _ in segments) > 1
@@ -161,8 +209,12 @@ def test_pollux_grows_a_lone_job_and_retunes_its_batch() -> None:
 
 
 def test_ones_caps_double_only_at_cap_and_keep_feasible() -> None:
-    specs = [JobSpec(job_id=i, name=f"n{i}", submit_time=0.0, application="ncf", num_gpus=2,
-                     batch_size=8192) for i in range(2)]  # fmt: skip
+    specs = [
+        JobSpec(
+            job_id=i, name=f"n{i}", submit_time=0.0, application="ncf", num_gpus=2, batch_size=8192
+        )
+        for i in range(2)
+    ]
     policy = OnesPolicy(seed=0)
     result = simulate(specs, policy, ClusterSpec(nodes=2, gpus_per_node=4))
     assert len(result.records) == 2
@@ -174,10 +226,19 @@ def test_ones_batch_rule_linear_then_capped() -> None:
     from ptrain.sched.policies import ones_batch_size
     from ptrain.sched.types import JobView
 
-    view = JobView(spec=JobSpec(job_id=0, name="x", submit_time=0, application="x", num_gpus=2,
-                                batch_size=64), work_done=0, samples_done=0, epochs_done=0,
-                   attained_service=0, num_gpus=0, batch_size=64, throughput_history={},
-                   epochs_at_last_change=None, ever_ran=False, restarts=0)  # fmt: skip
+    view = JobView(
+        spec=JobSpec(job_id=0, name="x", submit_time=0, application="x", num_gpus=2, batch_size=64),
+        work_done=0,
+        samples_done=0,
+        epochs_done=0,
+        attained_service=0,
+        num_gpus=0,
+        batch_size=64,
+        throughput_history={},
+        epochs_at_last_change=None,
+        ever_ran=False,
+        restarts=0,
+    )
     assert [ones_batch_size(view, n, 4.0) for n in (1, 2, 4)] == [32, 64, 128]
     # Beyond the LR cap the global batch stays ≈ 32·4 and the per-GPU batch shrinks.
     assert ones_batch_size(view, 8, 4.0) == 8 * (128 // 8)
@@ -196,8 +257,13 @@ def test_ones_operators_keep_allocations_feasible() -> None:
         parents = policy.enforce_caps(parents, caps)
         first, second = policy.crossover(parents[:2], parents[2:], caps)
         mutants = policy.mutate(parents, protected)
-        padded = policy.pad(np.concatenate([first, second, mutants]), np.array([0, 1]),
-                            np.arange(2, size), pending, caps)  # fmt: skip
+        padded = policy.pad(
+            np.concatenate([first, second, mutants]),
+            np.array([0, 1]),
+            np.arange(2, size),
+            pending,
+            caps,
+        )
         for chromosome in np.concatenate([parents, first, second, mutants, padded]):
             counts = np.bincount(chromosome[chromosome >= 0], minlength=size)
             assert (counts <= caps).all()
