@@ -225,3 +225,52 @@ def test_shared_contracts(shared: Path, tmp_path: Path) -> None:
     out = tmp_path / "stats.json"
     assert main(["stats", str(shared), "--json", str(out)]) == 0
     assert json.loads(out.read_text())["splits"]["val"] == {"meta_reviews": 709, "sentences": 4272}
+
+
+def test_train_generator_and_generate(release: Path, tmp_path: Path) -> None:
+    model = tmp_path / "bart"
+    code = main(
+        [
+            "train-generator",
+            "--input",
+            str(release / CONTROLLED),
+            "--out",
+            str(model),
+            "--steps",
+            "3",
+            "--batch-size",
+            "2",
+            "--save-every",
+            "2",
+            "--max-source-length",
+            "64",
+            "--max-target-length",
+            "32",
+            "--json",
+            str(tmp_path / "g.json"),
+        ]
+    )
+    assert code == 0 and json.loads((tmp_path / "g.json").read_text())["steps"] == 3
+    assert (model / "checkpoints").is_dir()
+    pred = tmp_path / "gen.txt"
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(model),
+                "--input",
+                str(release / CONTROLLED),
+                "--out",
+                str(pred),
+                "--num-beams",
+                "1",
+                "--min-length",
+                "0",
+                "--max-length",
+                "8",
+            ]
+        )
+        == 0
+    )
+    assert len(read_lines(pred)) == 2
