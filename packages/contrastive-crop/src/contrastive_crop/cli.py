@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     crop = which.add_parser("crop", help="ContrastiveCrop vs RandomResizedCrop, µs per image")
     crop.add_argument("--size", type=_positive_int, default=32, help="image and output side")
     crop.add_argument("--n", type=_positive_int, default=2000, help="images per timed block")
-    crop.add_argument("--repeats", type=_positive_int, default=7, help="timed blocks (median)")
+    crop.add_argument("--repeats", type=_positive_int, default=11, help="timed blocks (median)")
     crop.add_argument("--alpha", type=float, default=0.6, help="Beta alpha (paper: 0.6)")
     add_json_argument(crop)
     box = which.add_parser("boxes", help="box IoU with true boxes after SimCLR on clutter-digits")

@@ -239,6 +239,16 @@ class BetaSampler:
         self._draws = beta.sample((self.block,)).tolist()
         self._next = 0
 
+    def draw_pair(self) -> tuple[float, float]:
+        """Two independent Beta(α, α) values (one call per crop)."""
+        index = self._next
+        if index + 2 > len(self._draws):
+            self._refill()
+            index = 0
+        self._next = index + 2
+        draws = self._draws
+        return draws[index], draws[index + 1]
+
     def draw(self) -> float:
         """One Beta(α, α) value in [0, 1]."""
         if self._next >= len(self._draws):
@@ -384,20 +394,22 @@ class ContrastiveCrop(RandomResizedCrop):
                 continue
             h, w = sides
             h0, w0, h1, w1 = box
-            top_lo = min(max(int(height * h0) - h // 2, 0), height - h)
-            top_hi = min(max(int(height * h1) - h // 2, 0), height - h)
-            left_lo = min(max(int(width * w0) - w // 2, 0), width - w)
-            left_hi = min(max(int(width * w1) - w // 2, 0), width - w)
+            # Centre between the box edges, clamped so that the crop stays inside the image.
+            top_lo = int(height * h0) - h // 2
+            top_hi = int(height * h1) - h // 2
+            left_lo = int(width * w0) - w // 2
+            left_hi = int(width * w1) - w // 2
+            top_max, left_max = height - h, width - w
+            top_lo = 0 if top_lo < 0 else (top_max if top_lo > top_max else top_lo)
+            top_hi = 0 if top_hi < 0 else (top_max if top_hi > top_max else top_hi)
+            left_lo = 0 if left_lo < 0 else (left_max if left_lo > left_max else left_lo)
+            left_hi = 0 if left_hi < 0 else (left_max if left_hi > left_max else left_hi)
             if generator is None:
-                u, v = self.beta.draw(), self.beta.draw()
+                u, v = self.beta.draw_pair()
             else:
-                u, v = (
-                    generator.betavariate(self.alpha, self.alpha),
-                    generator.betavariate(self.alpha, self.alpha),
-                )
-            top = top_lo + int((top_hi - top_lo) * u)
-            left = left_lo + int((left_hi - left_lo) * v)
-            return top, left, h, w
+                u = generator.betavariate(self.alpha, self.alpha)
+                v = generator.betavariate(self.alpha, self.alpha)
+            return top_lo + int((top_hi - top_lo) * u), left_lo + int((left_hi - left_lo) * v), h, w
         return self._central_fallback(height, width)
 
     def __call__(self, img: Any, box: Any = None) -> Any:
