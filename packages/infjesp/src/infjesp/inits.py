@@ -45,12 +45,22 @@ Every function returns one deterministic :class:`~infjesp.fsc.FSC` per agent.
   horizon-3 optimum (7 + 7 nodes) is worth 13.4486, the best-known value. Two agents only
   (the exhaustive search is two-agent); other models fall back to ``ma``.
 
+* ``reactive``: the best memory-one joint controller: node 0 is the start, node k+1 is "my last
+  observation was k", so only the Z_i + 1 node actions are free. Every joint choice is evaluated
+  exactly when there are at most ``REACTIVE_MAX_JOINT`` of them; otherwise each agent's node
+  actions are improved in turn (coordinate ascent from the best constant joint action) until no
+  single change helps. On Recycling it finds the best-known 31.9291 (recharge first, then search
+  little after o0 and big after o1) among 729 joint choices in about a second, an equilibrium
+  random restarts rarely reach.
+
 All builders are deterministic given their arguments (``rng`` only matters for ``random`` and
 ``ms``).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections import deque
 from collections.abc import Callable
 
@@ -58,7 +68,7 @@ import numpy as np
 
 from infjesp.errors import InfJespError
 from infjesp.finite import brute_force_optimum, tree_size
-from infjesp.fsc import FSC
+from infjesp.fsc import FSC, evaluate_joint
 from infjesp.model import DecPOMDP, best_constant_joint_action, mdp_q_values
 
 __all__ = [
@@ -73,13 +83,17 @@ __all__ = [
     "periodic_init",
     "perturb_fsc",
     "random_init",
+    "reactive_init",
 ]
 
-INITS = frozenset({"random", "blind", "mdp", "ma", "md", "ms", "periodic"})
+INITS = frozenset({"random", "blind", "mdp", "ma", "md", "ms", "periodic", "reactive"})
 
 # The periodic init's search limits: horizon and the number of trees enumerated.
 PERIODIC_MAX_HORIZON = 3
 PERIODIC_MAX_TREES = 20_000
+# The reactive init enumerates every joint choice up to this many, else it uses coordinate ascent.
+REACTIVE_MAX_JOINT = 5_000
+_REACTIVE_MAX_SWEEPS = 20
 
 # Above this many entries of the dense (JA, JO, S, S') tensor, "pbvi" falls back to QMDP.
 _PBVI_MAX_ENTRIES = 2_000_000
@@ -372,6 +386,70 @@ def perturb_fsc(fsc: FSC, num_actions: int, max_nodes: int, rng: np.random.Gener
     return FSC(actions, transitions, fsc.start).minimized()
 
 
+def _reactive_fsc(actions: np.ndarray | tuple[int, ...], num_observations: int) -> FSC:
+    """Node 0 starts; after observation k every node moves to node k + 1."""
+    transitions = np.tile(np.arange(1, num_observations + 1), (num_observations + 1, 1))
+    return FSC(np.asarray(actions, dtype=np.int64), transitions, 0)
+
+
+def reactive_init(model: DecPOMDP, max_nodes: int = 50) -> list[FSC]:
+    """The best memory-one joint controller (see the module docstring).
+
+    Args:
+        model: The Dec-POMDP.
+        max_nodes: Node cap; when Z_i + 1 exceeds it for some agent, :func:`ma_init` is used.
+
+    Returns:
+        One FSC per agent with Z_i + 1 nodes (minimised).
+    """
+    max_nodes = _check_max_nodes(max_nodes)
+    sizes = [z + 1 for z in model.num_observations]
+    if max(sizes) > max_nodes:
+        return ma_init(model, max_nodes)
+
+    def value(choice: list[np.ndarray]) -> float:
+        fscs = [_reactive_fsc(a, z) for a, z in zip(choice, model.num_observations, strict=True)]
+        return evaluate_joint(model, fscs).value
+
+    counts = [a**n for a, n in zip(model.num_actions, sizes, strict=True)]
+    if math.prod(counts) <= REACTIVE_MAX_JOINT:
+        families = [
+            list(itertools.product(range(a), repeat=n))
+            for a, n in zip(model.num_actions, sizes, strict=True)
+        ]
+        best, best_value = None, -math.inf
+        for joint in itertools.product(*families):
+            candidate = [np.array(actions) for actions in joint]
+            v = value(candidate)
+            if v > best_value:
+                best, best_value = candidate, v
+        assert best is not None  # at least one joint choice exists
+        choice = best
+    else:
+        _, constant = best_constant_joint_action(model)
+        choice = [np.full(n, a, dtype=np.int64) for a, n in zip(constant, sizes, strict=True)]
+        best_value = value(choice)
+        for _ in range(_REACTIVE_MAX_SWEEPS):
+            improved = False
+            for agent, actions in enumerate(choice):
+                for node in range(actions.size):
+                    for action in range(model.num_actions[agent]):
+                        if action == actions[node]:
+                            continue
+                        old = int(actions[node])
+                        actions[node] = action
+                        v = value(choice)
+                        if v > best_value + 1e-12 * max(1.0, abs(best_value)):
+                            best_value, improved = v, True
+                        else:
+                            actions[node] = old
+            if not improved:
+                break
+    return [
+        _reactive_fsc(a, z).minimized() for a, z in zip(choice, model.num_observations, strict=True)
+    ]
+
+
 def periodic_horizon(model: DecPOMDP, max_nodes: int = 50) -> int:
     """The horizon :func:`periodic_init` uses for ``model`` (see the module docstring)."""
     best = 1
@@ -432,4 +510,6 @@ def build_init(name: str, model: DecPOMDP, max_nodes: int, rng: np.random.Genera
         return ms_init(model, max_nodes, rng)
     if name == "periodic":
         return periodic_init(model, max_nodes)
+    if name == "reactive":
+        return reactive_init(model, max_nodes)
     raise InfJespError(f"unknown init {name!r}; expected one of {', '.join(sorted(INITS))}")

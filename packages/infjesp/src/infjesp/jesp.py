@@ -8,8 +8,8 @@ solver-ε Nash equilibrium), after ``max_iterations`` best responses, or when th
 (anytime: the best joint FSC so far is returned).
 
 :func:`solve` runs ``restarts`` independent JESP runs and keeps the best. Restart 0 starts from
-the chosen init; by default (``"auto"``) restarts 0 and 1 start from the ``periodic`` and ``ma``
-inits. The others start from random inits with at most
+the chosen init; by default (``"auto"``) restarts 0, 1 and 2 start from the ``periodic``,
+``reactive`` and ``ma`` inits. The others start from random inits with at most
 ``min(max_nodes, 5)`` nodes per agent (MC-JESP's ``--initRand`` default; large random
 controllers only make the first best responses slower). Restart ``r`` draws its randomness from
 ``numpy.random.default_rng([seed, r])``, so results do not depend on ``workers``.
@@ -44,7 +44,7 @@ __all__ = [
 # Node cap of the random inits of restarts >= 1 (MC-JESP's `--initRand` default).
 RANDOM_RESTART_NODES = 5
 # init="auto": restart r < len(AUTO_INITS) starts from AUTO_INITS[r], later ones from random FSCs.
-AUTO_INITS = ("periodic", "ma")
+AUTO_INITS = ("periodic", "reactive", "ma")
 # Perturbation rounds per run after JESP converges (solve's ``kicks``).
 DEFAULT_KICKS = 0
 # Most candidate controllers exhaustive_best_response enumerates.
@@ -361,7 +361,8 @@ def solve(
         restarts: Total number of JESP runs (>= 1). Restart 0 uses ``init``; the others use
             random inits (at most ``min(max_nodes, 5)`` nodes).
         init: One of :data:`~infjesp.inits.INITS`, or ``"auto"`` (default): the portfolio
-            :data:`AUTO_INITS` (restart 0 ``periodic``, restart 1 ``ma``), then random inits.
+            :data:`AUTO_INITS` (restarts 0, 1, 2: ``periodic``, ``reactive``, ``ma``), then random
+            inits.
         seed: Restart ``r`` uses ``numpy.random.default_rng([seed, r])``.
         time_limit: Total wall-clock budget in seconds shared by all runs (each run gets the
             global deadline; runs not started by then are skipped); None for no limit.
