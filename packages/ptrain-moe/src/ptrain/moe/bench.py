@@ -1,21 +1,24 @@
 """``ptrain-moe bench layer``: forward + backward time of our MoE against four baselines.
 
 All five variants see the same tokens and (where they have them) the same router and expert
-weights. Timing uses ``ptrain.core.bench.compare`` (1 thread, interleaved rounds, medians): our
-dropless MoE is the candidate against each baseline in turn; its time is the median over all its
-samples.
+weights. ``ptrain.core.bench.compare`` interleaves *two* callables; here five are interleaved
+round-robin (1 thread, the order rotating each round, one call of each per round) so that every
+variant is timed under the same load, and each time is the median over the rounds. The results
+are returned as ``ptrain.core.bench.BenchResult`` records (ours vs each baseline) as well.
 """
 
 from __future__ import annotations
 
+import gc
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ptrain.core.bench import BenchResult, compare
+from ptrain.core.bench import BenchResult
 from ptrain.moe.layer import MoE, MoEConfig
 from ptrain.moe.reference import DenseFFN, EinsumDispatchMoE, NaiveLoopMoE
 
@@ -83,7 +86,7 @@ def bench_layer(config: LayerBenchConfig) -> tuple[dict[str, float], list[BenchR
     Returns:
         ``(times, results)``: ``times`` has exactly the contract keys ``moe_dropless_s``,
         ``moe_capacity_s``, ``dense_equal_flops_s``, ``naive_loop_s``, ``einsum_dispatch_s``
-        (median seconds); ``results`` the four ``compare`` results (ours vs each baseline).
+        (median seconds); ``results`` four records, ours vs each baseline.
     """
     torch.manual_seed(config.seed)
     moe_config = MoEConfig(
@@ -103,27 +106,61 @@ def bench_layer(config: LayerBenchConfig) -> tuple[dict[str, float], list[BenchR
     einsum = EinsumDispatchMoE(capacity, config.capacity_factor)
     x = torch.randn(config.tokens, config.dim, requires_grad=True)
 
-    ours = _fwd_bwd(dropless, x)
-    baselines = {
+    variants = {
+        "moe_dropless_s": _fwd_bwd(dropless, x),
         "moe_capacity_s": _fwd_bwd(capacity, x),
         "dense_equal_flops_s": _fwd_bwd(dense, x),
         "naive_loop_s": _fwd_bwd(naive, x),
         "einsum_dispatch_s": _fwd_bwd(einsum, x),
     }
-    results: list[BenchResult] = []
-    ours_samples: list[float] = []
-    times: dict[str, float] = {}
-    for key, baseline in baselines.items():
+    samples = _round_robin(variants, config.repeats)
+    times = {key: statistics.median(values) for key, values in samples.items()}
+    ours = samples["moe_dropless_s"]
+    results = []
+    for key in list(variants)[1:]:
         goal = LAYER_GOALS.get(key)
-        result = compare(
-            ours,
-            baseline,
-            name=f"moe_dropless_vs_{key.removesuffix('_s')}",
-            repeats=config.repeats,
-            threads=1,
-            goal=None if goal is None else 1.0 / goal,
+        results.append(
+            BenchResult(
+                name=f"moe_dropless_vs_{key.removesuffix('_s')}",
+                candidate_s=times["moe_dropless_s"],
+                baseline_s=times[key],
+                ratio=times["moe_dropless_s"] / times[key],
+                repeats=config.repeats,
+                number=1,
+                threads=1,
+                goal=None if goal is None else 1.0 / goal,
+                candidate_samples=list(ours),
+                baseline_samples=list(samples[key]),
+            )
         )
-        results.append(result)
-        ours_samples.extend(result.candidate_samples)
-        times[key] = result.baseline_s
-    return {"moe_dropless_s": statistics.median(ours_samples), **times}, results
+    return times, results
+
+
+def _round_robin(variants: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
+    """One untimed call of each, then ``repeats`` rounds timing every variant once per round.
+
+    The order rotates from round to round, so a slow spell of a shared machine hits every
+    variant alike; the garbage collector is paused inside each timed call; 1 thread.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    samples: dict[str, list[float]] = {key: [] for key in variants}
+    keys = list(variants)
+    try:
+        for key in keys:
+            variants[key]()
+        for round_index in range(repeats):
+            shift = round_index % len(keys)
+            for key in keys[shift:] + keys[:shift]:
+                gc_was_enabled = gc.isenabled()
+                gc.disable()
+                try:
+                    start = time.perf_counter()
+                    variants[key]()
+                    samples[key].append(time.perf_counter() - start)
+                finally:
+                    if gc_was_enabled:
+                        gc.enable()
+    finally:
+        torch.set_num_threads(previous)
+    return samples
