@@ -127,7 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="capacity factor of the capacity variants (default 1.25)",
     )
     layer.add_argument(
-        "--repeats", type=_positive_int, default=7, help="timed rounds, every variant once per round (default 7)"
+        "--repeats",
+        type=_positive_int,
+        default=7,
+        help="timed rounds, every variant once per round (default 7)",
     )
     add_json_argument(layer)
     layer.add_argument(
