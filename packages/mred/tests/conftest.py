@@ -13,6 +13,11 @@ SHARED = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "mred"
 
 
 @pytest.fixture
+def assets() -> Path:
+    return ASSETS
+
+
+@pytest.fixture
 def release() -> Path:
     return RELEASE
 

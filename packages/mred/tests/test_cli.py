@@ -9,8 +9,6 @@ import pytest
 from mred.cli import main
 from mred.data import read_generation_csv, read_lines
 
-from .conftest import ASSETS
-
 CONTROLLED = "summarization/abstractive/filtered_controlled_data/val_longest_sent-ctrl.csv"
 UNCONTROLLED = "summarization/abstractive/filtered_uncontrolled_data/val_longest.csv"
 TARGET = "summarization/extractive/data/target/filtered_val.target"
@@ -205,9 +203,9 @@ def test_controlled_without_classifier_fails(release: Path, tmp_path: Path, caps
     assert code == 2 and "--classifier" in capsys.readouterr().err
 
 
-def test_malformed_csv_is_one_line_error(tmp_path: Path, capsys) -> None:
+def test_malformed_csv_is_one_line_error(assets: Path, tmp_path: Path, capsys) -> None:
     bad = tmp_path / "bad_sent-ctrl.csv"
-    shutil.copy(ASSETS / "malformed.csv", bad)
+    shutil.copy(assets / "malformed.csv", bad)
     code = main(
         ["summarize", "--method", "lexrank", "--input", str(bad), "--out", str(tmp_path / "x.txt")]
     )

@@ -28,8 +28,6 @@ from mred.data import (
     split_sentences,
 )
 
-from .conftest import ASSETS
-
 
 def test_control_prefix_round_trip_and_double_arrow() -> None:
     labels = ["abstract", "abstract", "strength", "decision"]
@@ -107,11 +105,11 @@ def test_targets_and_sentence_labels(release: Path) -> None:
         ("badlabel_sent-ctrl.csv", read_generation_csv, 2, "'strengths'"),
     ],
 )
-def test_malformed_lines_name_file_and_line(name, reader, line, fragment) -> None:
+def test_malformed_lines_name_file_and_line(assets: Path, name, reader, line, fragment) -> None:
     with pytest.raises(MReDFormatError) as info:
-        reader(ASSETS / name)
+        reader(assets / name)
     message = str(info.value)
-    assert message.startswith(f"{ASSETS / name}:{line}: ") and fragment in message
+    assert message.startswith(f"{assets / name}:{line}: ") and fragment in message
     assert "\n" not in message
 
 

@@ -7,17 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import RELEASE
-
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_api_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_readme_api_example_runs(
+    release: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if not README.is_file():
         pytest.skip("README.md is not beside the tests (installed without the source tree)")
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
     assert blocks, "the README has no python example"
-    (tmp_path / "MReD").symlink_to(RELEASE)  # the fixture release stands in for the real one
+    (tmp_path / "MReD").symlink_to(release)  # the fixture release stands in for the real one
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {}
     exec(compile(blocks[0], str(README), "exec"), namespace)
