@@ -21,7 +21,14 @@ import numpy as np
 
 from ptrain.sched.apps import load_applications
 from ptrain.sched.policies import OnesPolicy
-from ptrain.sched.types import Allocation, ClusterSpec, FinishedJob, JobSpec, JobView, SchedulerState
+from ptrain.sched.types import (
+    Allocation,
+    ClusterSpec,
+    FinishedJob,
+    JobSpec,
+    JobView,
+    SchedulerState,
+)
 
 RESULTS = Path(__file__).parent / "results" / "bench_decide.json"
 
@@ -37,21 +44,30 @@ def make_state(gpus: int, jobs: int, seed: int = 0) -> SchedulerState:
         work = float(rng.uniform(0.05, 0.9) * app.total_work)
         views.append(
             JobView(
-                spec=JobSpec(job_id=i, name=f"j{i}", submit_time=float(i), application=app.name,
-                             num_gpus=int(rng.choice([1, 2, 4])), batch_size=app.min_batch * 4),
+                spec=JobSpec(
+                    job_id=i,
+                    name=f"j{i}",
+                    submit_time=float(i),
+                    application=app.name,
+                    num_gpus=int(rng.choice([1, 2, 4])),
+                    batch_size=app.min_batch * 4,
+                ),
                 work_done=work,
                 samples_done=work * app.min_batch,
                 epochs_done=5.0,
                 attained_service=3600.0,
                 num_gpus=0,
                 batch_size=app.min_batch,
-                throughput_history={1: (float(rng.uniform(1, 10)),), 2: (float(rng.uniform(2, 18)),)},
+                throughput_history={
+                    1: (float(rng.uniform(1, 10)),),
+                    2: (float(rng.uniform(2, 18)),),
+                },
                 epochs_at_last_change=0.0,
                 ever_ran=True,
                 restarts=0,
                 model=app,
             )
-        )  # fmt: skip
+        )
     finished = tuple(
         FinishedJob(application=n, work=apps[n].total_work, epochs=10.0) for n in names
     )
@@ -92,8 +108,10 @@ def main() -> None:
         timing = time_decide(gpus, jobs, calls)
         name = f"ones_decide_{gpus}gpus_{jobs}jobs"
         verdict = "met" if timing["median_ms"] <= goal_ms else "NOT met"
-        print(f"{name}: median {timing['median_ms']:.2f} ms, p99 {timing['p99_ms']:.2f} ms "
-              f"per generation (goal <= {goal_ms:g} ms: {verdict})")  # fmt: skip
+        print(
+            f"{name}: median {timing['median_ms']:.2f} ms, p99 {timing['p99_ms']:.2f} ms "
+            f"per generation (goal <= {goal_ms:g} ms: {verdict})"
+        )
         metrics.append(
             {
                 "name": name,

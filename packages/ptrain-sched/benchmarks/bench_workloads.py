@@ -57,9 +57,12 @@ def main() -> None:
                     "wall_s": result.wall_s,
                 }
                 detail[name].setdefault(f"workload-{w}", []).append(row)
-                print(f"workload-{w} {name:8s} seed {seed}: avg JCT {row['avg_jct']:7.0f} s, "
-                      f"p99 {row['p99_jct']:7.0f} s, makespan {row['makespan']:7.0f} s, "
-                      f"{row['events_per_s']:.0f} events/s, {row['wall_s']:.1f} s", flush=True)  # fmt: skip
+                print(
+                    f"workload-{w} {name:8s} seed {seed}: avg JCT {row['avg_jct']:7.0f} s, "
+                    f"p99 {row['p99_jct']:7.0f} s, makespan {row['makespan']:7.0f} s, "
+                    f"{row['events_per_s']:.0f} events/s, {row['wall_s']:.1f} s",
+                    flush=True,
+                )
 
     def mean_over(name: str, key: str) -> float:
         # mean over workloads of the per-workload mean over seeds
@@ -70,10 +73,18 @@ def main() -> None:
     for name in policies:
         values: dict[str, float | str] = {
             key: mean_over(name, key)
-            for key in ("avg_jct", "p99_jct", "makespan", "avg_queueing_delay",
-                        "gpu_util_allocated", "gpu_util_effective", "reconfigurations_per_job",
-                        "decide_latency_ms_median", "events_per_s")
-        }  # fmt: skip
+            for key in (
+                "avg_jct",
+                "p99_jct",
+                "makespan",
+                "avg_queueing_delay",
+                "gpu_util_allocated",
+                "gpu_util_effective",
+                "reconfigurations_per_job",
+                "decide_latency_ms_median",
+                "events_per_s",
+            )
+        }
         per_workload = [np.mean([r["avg_jct"] for r in runs]) for runs in detail[name].values()]
         values["avg_jct_std_over_workloads"] = float(np.std(per_workload))
         if name == "ones":

@@ -183,6 +183,7 @@ class LiveRunner:
             for job in self.jobs.values():
                 if job.name == path.name and job.state in ("pending", "running", "stopping"):
                     self._kill(job)
+                    job.process = None
                     job.state = "cancelled"
                     job.slots = ()
                     job.finish_time = self.now()

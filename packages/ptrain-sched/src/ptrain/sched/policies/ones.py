@@ -75,6 +75,10 @@ class OnesPolicy:
             pace of growth on full-size datasets.
         predictor: ``"history"`` or ``"oracle"``.
         sample_prediction: draw ρ from the Beta (artifact) instead of using its mean.
+        update_guard: ``"global"`` (artifact): if any running job that would change has not
+            run ``update_interval_epochs`` since its last change, only starts on free GPUs
+            apply; ``"per-job"``: only those jobs keep their GPUs, the rest of the best
+            allocation applies.
         seed: the generator seed.
     """
 
@@ -90,6 +94,7 @@ class OnesPolicy:
     epoch_samples: float | None = None
     predictor: str = "history"
     sample_prediction: bool = True
+    update_guard: str = "global"
     seed: int = 0
     name: str = "ones"
     _rng: np.random.Generator = field(init=False, repr=False)
@@ -113,6 +118,10 @@ class OnesPolicy:
             )
         if self.predictor not in ("history", "oracle"):
             raise ValueError(f"predictor must be 'history' or 'oracle', got {self.predictor!r}")
+        if self.update_guard not in ("global", "per-job"):
+            raise ValueError(
+                f"update_guard must be 'global' or 'per-job', got {self.update_guard!r}"
+            )
         if self.epoch_samples is not None and self.epoch_samples <= 0:
             raise ValueError(f"epoch_samples must be > 0, got {self.epoch_samples}")
         self._rng = np.random.default_rng(self.seed)
@@ -365,14 +374,26 @@ class OnesPolicy:
         target = np.bincount(population[0][population[0] >= 0], minlength=size)
         held = {j.job_id: j.num_gpus for j in jobs if j.num_gpus > 0}
         changed_running = [jid for jid, n in held.items() if target[jid] != n]
-        may_change = all(
-            by_id[jid].epochs_at_last_change is None
-            or self.epochs(by_id[jid]) - self._epochs_at(by_id[jid]) >= self.update_interval_epochs
+        locked = [
+            jid
             for jid in changed_running
-        )
-        if may_change:
+            if by_id[jid].epochs_at_last_change is not None
+            and self.epochs(by_id[jid]) - self._epochs_at(by_id[jid]) < self.update_interval_epochs
+        ]
+        if not locked:
             counts = {int(j): int(target[j]) for j in np.flatnonzero(target)}
-        else:  # only starts on free GPUs
+        elif self.update_guard == "per-job":
+            # Locked jobs keep their GPUs; the others follow the best individual where it fits.
+            counts = {jid: held[jid] for jid in locked}
+            free = slots - sum(counts.values())
+            for job_id in np.unique(population[0][population[0] >= 0]).tolist():
+                if job_id in counts:
+                    continue
+                n = min(int(target[job_id]), free)
+                if n > 0:
+                    counts[job_id] = n
+                    free -= n
+        else:  # "global" (artifact): only starts on free GPUs
             counts = dict(held)
             free = slots - sum(held.values())
             for job_id in np.unique(population[0][population[0] >= 0]).tolist():
