@@ -235,3 +235,11 @@ def test_shared_generation_csvs(shared: Path) -> None:
     assert len(filtered) == 665
     targets = read_lines(shared / "summarization/extractive/data/target/filtered_val.target")
     assert targets == [e.summary for e in plain]
+
+
+def test_shared_labeled_source(shared: Path) -> None:
+    root = shared / "summarization/extractive/data/labeled_source"
+    high = read_labeled_sentences(root / "filtered_val_labeled_sentences_high_score.txt")
+    low = read_labeled_sentences(root / "filtered_val_labeled_sentences_low_score.txt")
+    assert (len(high), sum(len(d.sentences) for d in high)) == (64, 4043)
+    assert (len(low), sum(len(d.sentences) for d in low)) == (63, 3954)
