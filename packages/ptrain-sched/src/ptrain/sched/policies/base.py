@@ -69,7 +69,9 @@ def online_table(history: Mapping[int, tuple[float, ...]], sizes: np.ndarray) ->
         Estimated rates, same shape as ``sizes`` (all zeros when nothing was measured).
     """
     measured = sorted(
-        (n, float(np.mean(v[-ONLINE_TABLE_WINDOW:]))) for n, v in history.items() if v
+        (n, sum(v[-ONLINE_TABLE_WINDOW:]) / len(v[-ONLINE_TABLE_WINDOW:]))
+        for n, v in history.items()
+        if v
     )
     sizes = np.asarray(sizes, dtype=np.float64)
     if not measured:

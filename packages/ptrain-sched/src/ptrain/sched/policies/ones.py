@@ -104,6 +104,9 @@ class OnesPolicy:
     _pending: dict[int, int] = field(default_factory=dict, init=False, repr=False)
     _first_start: dict[int, float] = field(default_factory=dict, init=False, repr=False)
     _last_gpus: dict[int, int] = field(default_factory=dict, init=False, repr=False)
+    _table_cache: dict[tuple[object, ...], np.ndarray] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         if self.population_size < 2 or self.population_size % 2:
@@ -187,6 +190,7 @@ class OnesPolicy:
         history: dict[str, list[float]] = {}
         for finished in state.finished:
             history.setdefault(finished.application, []).append(finished.work)
+        mean_total = {app: sum(works) / len(works) for app, works in history.items()}
         predictions = {}
         for job in state.jobs:
             epochs = self.epochs(job)
@@ -195,8 +199,7 @@ class OnesPolicy:
             if self.predictor == "oracle" and job.remaining_work is not None:
                 predictions[job.job_id] = job.remaining_work
                 continue
-            seen = history.get(job.spec.application)
-            total = float(np.mean(seen)) if seen else 2.0 * job.work_done
+            total = mean_total.get(job.spec.application, 2.0 * job.work_done)
             rho = min(max(job.work_done / max(total, 1e-12), 0.01), 0.99)
             if self.sample_prediction:
                 a = max(epochs, 0.5)
@@ -294,6 +297,8 @@ class OnesPolicy:
             self._population = None
             return Allocation({})
         self._update_caps(state)
+        if len(self._table_cache) > 8 * len(jobs) + 1024:  # forget stale throughput tables
+            self._table_cache.clear()
         remaining = self._remaining_work(state)
         size = max(j.job_id for j in jobs) + 1
         caps = np.zeros(size, dtype=np.int64)
@@ -314,7 +319,10 @@ class OnesPolicy:
             work = remaining.get(job.job_id)
             if work is None:
                 continue
-            rates = online_table(job.throughput_history, sizes)
+            key = (job.job_id, max_cap, tuple(sorted(job.throughput_history.items())))
+            rates = self._table_cache.get(key)
+            if rates is None:
+                rates = self._table_cache[key] = online_table(job.throughput_history, sizes)
             if rates[1] <= 0:
                 continue
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -324,9 +332,10 @@ class OnesPolicy:
             [j.job_id for j in jobs if j.job_id not in one_gpu_time and not j.ever_ran],
             dtype=np.int64,
         )
+        new_set = set(new_jobs.tolist())
         known_order = np.array(
             sorted(
-                (j.job_id for j in jobs if j.job_id not in new_jobs),
+                (j.job_id for j in jobs if j.job_id not in new_set),
                 key=lambda jid: (one_gpu_time.get(jid, math.inf), jid),
             ),
             dtype=np.int64,
