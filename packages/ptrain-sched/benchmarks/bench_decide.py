@@ -129,7 +129,6 @@ def main() -> None:
                     "decide_1gen_median_ms": timing["median_ms"],
                     "decide_1gen_p99_ms": timing["p99_ms"],
                     "marginal_ms_per_generation": timing["marginal_ms_per_generation"],
-                    "goal_ms": goal_ms,
                     "goal_met": verdict,
                 },
             }
