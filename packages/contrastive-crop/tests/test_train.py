@@ -121,3 +121,10 @@ def test_data_parallel_ranks_stay_identical() -> None:
 
     initial = list(build_backbone("tiny").state_dict().values())
     assert not torch.equal(initial[0], first["weights"][0])
+
+
+def test_persistent_workers_train_with_updated_boxes() -> None:
+    """Two persistent workers: the run completes and the box updates are used (area < 1)."""
+    result = pretrain(_config(num_workers=2, epochs=3), _synthetic(32))
+    assert len(result["losses"]) == 3 and len(result["box_updates"]) == 2
+    assert result["mean_box_area"] < 1.0
