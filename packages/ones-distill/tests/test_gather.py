@@ -170,3 +170,10 @@ def test_default_svd_rank_is_min_dim_over_experts(make_moe) -> None:
     full = gather_layer(layer, GatherConfig(method="svd", rank=6))
     torch.testing.assert_close(default.fc1.weight, rank2.fc1.weight)
     assert not torch.allclose(default.fc1.weight, full.fc1.weight)
+
+
+def test_student_of_a_frozen_teacher_is_trainable() -> None:
+    teacher = MixerClassifier(MixerClassifierConfig(dim=8, depth=1, channel_hidden=8))
+    teacher.requires_grad_(False)
+    student = gather_model(teacher)
+    assert all(p.requires_grad for p in student.parameters())

@@ -223,9 +223,11 @@ def fit(
         if loaded is not None:
             start_epoch = loaded.step
             history = list(loaded.extra.get("history", []))
+    frozen: list[tuple[nn.Parameter, bool]] = []
     if teacher is not None:
         teacher.eval()
         for parameter in teacher.parameters():
+            frozen.append((parameter, parameter.requires_grad))
             parameter.requires_grad_(False)
     taps_s = taps_t = None
     if teacher is not None and config.feature_weight > 0:
@@ -294,6 +296,8 @@ def fit(
                 )
     finally:
         bar.close()
+        for parameter, requires_grad in frozen:
+            parameter.requires_grad_(requires_grad)
         for taps in (taps_s, taps_t):
             if taps is not None:
                 taps.remove()

@@ -356,6 +356,8 @@ def gather_model(
     student = copy.deepcopy(teacher, memo)
     for name, dense in dense_layers.items():
         _replace(student, name, dense)
+    for parameter in student.parameters():  # a frozen teacher must not give a frozen student
+        parameter.requires_grad_(True)
     if find_moe_layers(student):  # pragma: no cover - a nested MoE inside an MoE
         raise GatherError(f"{source}: MoE layers nested inside MoE layers are not supported")
     return student
