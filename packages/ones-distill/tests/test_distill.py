@@ -98,7 +98,7 @@ def test_distillation_lowers_the_students_kl_to_the_teacher() -> None:
 
 
 def test_interrupted_distillation_resumes_to_the_same_weights(tmp_path: Path) -> None:
-    split, teacher, student = _tiny_task_models()
+    split, teacher, _ = _tiny_task_models()
     config = FitConfig(epochs=3, batch_size=128, seed=1)
     straight = gather_model(teacher, GatherConfig(method="svd", rank=2))
     fit(straight, split.train_x, split.train_y, config, teacher=teacher)
