@@ -27,8 +27,14 @@ from infjesp.jesp import solve
 # verified) — the goals are within 1 % of these.
 PROBLEMS = [
     ("dectiger", 13.448, 4),
-    ("recycling", 31.929, 16),
+    ("recycling", 31.929, 4),
     ("broadcastChannel", 9.271, 4),
+]
+# --large: the 10-minute problems. No verified best-known value at gamma 0.9 is in the
+# design doc for GridSmall; Mars's ≈ 26.9 is recalled, not verified.
+LARGE_PROBLEMS = [
+    ("GridSmall", None, 4),
+    ("Mars", 26.9, 4),
 ]
 
 
@@ -48,10 +54,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="10 s per problem")
     parser.add_argument("--repeats", type=int, default=1, help="accepted for nox -s bench")
+    parser.add_argument(
+        "--large",
+        action="store_true",
+        help="solve GridSmall and Mars instead, with --large-time-limit each",
+    )
+    parser.add_argument("--large-time-limit", type=float, default=600.0, help="seconds (600)")
     args = parser.parse_args(argv)
     limit = 10.0 if args.quick else args.time_limit
+    problems = PROBLEMS
+    if args.large:
+        problems, limit = LARGE_PROBLEMS, args.large_time_limit
     metrics: list[dict[str, Any]] = []
-    for problem, best_known, restarts in PROBLEMS:
+    for problem, best_known, restarts in problems:
         model = read_dpomdp(args.data / f"{problem}.dpomdp").with_discount(0.9)
         result = solve(
             model,
@@ -60,23 +75,28 @@ def main(argv: list[str] | None = None) -> int:
             time_limit=limit,
             workers=args.workers,
         )
-        ratio = result.value / best_known
-        metrics.append(
+        values: dict[str, Any] = {"value (gamma 0.9)": round(result.value, 4)}
+        shown = ""
+        if best_known is not None:
+            ratio = result.value / best_known
+            values["fraction of best known"] = round(ratio, 4)
+            shown = f"  best known {best_known:8.3f} ({100 * ratio:5.1f} %)"
+        values.update(
             {
-                "name": problem,
-                "values": {
-                    "value (gamma 0.9)": round(result.value, 4),
-                    "fraction of best known": round(ratio, 4),
-                    "FSC sizes": "+".join(map(str, result.fsc_sizes)),
-                    "best responses": result.iterations,
-                    "time_s": round(result.time_s, 1),
-                },
+                "upper bound (QMDP)": round(result.upper_bound, 4),
+                "FSC sizes": "+".join(map(str, result.fsc_sizes)),
+                "best responses": result.iterations,
+                "found by": next(
+                    (r["init"] for r in result.runs if f"restart {r['restart']}" == result.source),
+                    result.source,
+                ),
+                "time_s": round(result.time_s, 1),
             }
         )
+        metrics.append({"name": problem, "values": values})
         print(
-            f"{problem:<18} value {result.value:9.4f}  best known {best_known:8.3f} "
-            f"({100 * ratio:5.1f} %)  FSC {result.fsc_sizes}  BRs {result.iterations}  "
-            f"{result.time_s:5.1f} s"
+            f"{problem:<18} value {result.value:9.4f}{shown}  FSC {result.fsc_sizes}  "
+            f"BRs {result.iterations}  {result.time_s:5.1f} s"
         )
     if args.json:
         text = json.dumps(
@@ -84,9 +104,11 @@ def main(argv: list[str] | None = None) -> int:
                 "metrics": metrics,
                 "meta": {
                     "command": "python packages/infjesp/benchmarks/bench_solve.py"
-                    + (" --quick" if args.quick else f" --time-limit {limit:g}")
+                    + (" --large" if args.large else "")
+                    + (" --quick" if args.quick and not args.large else "")
+                    + (f" --time-limit {limit:g}" if not (args.quick or args.large) else "")
                     + f" --workers {args.workers}",
-                    "restarts": {name: restarts for name, _, restarts in PROBLEMS},
+                    "restarts": {name: restarts for name, _, restarts in problems},
                 },
                 "environment": {
                     "python": platform.python_version(),

@@ -305,3 +305,40 @@ def test_stall_stop_saves_work_without_losing_the_lower_bound() -> None:
     assert stalled.lower <= stalled.upper + 1e-9
     with pytest.raises(ValueError, match="stall_rounds"):
         solve(br, stall_rounds=0)
+
+
+# ---------------------------------------------------------------- policy graph (lossless)
+@pytest.mark.parametrize(("name", "seed"), [("dectiger.dpomdp", 0), ("recycling.dpomdp", 2)])
+def test_policy_graph_fsc_is_worth_at_least_the_lower_bound(name: str, seed: int) -> None:
+    from infjesp.extract import policy_graph_fsc
+
+    model = _load(name)
+    fscs = _random_fscs(model, seed, max_nodes=3)
+    br = build_best_response(model, fscs, 0)
+    result = solve(br, max_beliefs=300)
+    graph = result.graph
+    assert graph is not None and graph.ids.size == len(result.alphas)
+    assert graph.links.shape == (graph.actions.size, br.num_observations)
+    fsc = policy_graph_fsc(br, result, max_nodes=10_000)
+    assert fsc is not None
+    joint = list(fscs)
+    joint[0] = fsc
+    assert evaluate_joint(model, joint).value >= result.lower - 1e-9
+    small = policy_graph_fsc(br, result, max_nodes=1)
+    assert small is None or small.num_nodes == 1
+
+
+def test_controller_alphas_are_the_exact_node_values(dectiger: DecPOMDP) -> None:
+    from infjesp.extract import controller_alphas
+
+    fscs = _random_fscs(dectiger, 4)
+    br = build_best_response(dectiger, fscs, 1)
+    current = evaluate_joint(dectiger, fscs)
+    alphas, actions, links = controller_alphas(br, fscs[1], current.V)
+    assert alphas.shape == (fscs[1].num_nodes, br.num_states)
+    np.testing.assert_array_equal(actions, fscs[1].actions)
+    np.testing.assert_array_equal(links, fscs[1].transitions)
+    assert float(br.b0 @ alphas[fscs[1].start]) == pytest.approx(current.value, abs=1e-9)
+    # seeded, the solver's lower bound starts at (and never falls below) the current value
+    result = solve(br, max_beliefs=50, initial=(alphas, actions, links))
+    assert result.lower >= current.value - 1e-9

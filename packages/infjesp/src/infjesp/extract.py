@@ -20,7 +20,10 @@ import numpy as np
 from infjesp.bestresponse import BestResponsePOMDP, build_best_response
 from infjesp.fsc import FSC, evaluate_joint
 from infjesp.model import DecPOMDP
-from infjesp.pbvi import AlphaVectors, solve
+from infjesp.pbvi import AlphaVectors, SolveResult, solve
+
+# Most policy-graph nodes policy_graph_fsc walks before giving up (before minimisation).
+_GRAPH_NODE_LIMIT = 5_000
 
 __all__ = ["BestResponseResult", "best_response", "extract_fsc"]
 
@@ -122,6 +125,49 @@ class BestResponseResult:
     seconds: float
 
 
+def controller_alphas(
+    br: BestResponsePOMDP, fsc: FSC, joint_values: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The exact node values of agent ``br.agent``'s FSC as α-vectors of ``br``.
+
+    Node n's α-vector at extended state (s, k, z) is the joint value of (n, the others' nodes k)
+    in state s — the last own observation z does not enter. With the FSC's actions and
+    transitions as links, these are policy-graph nodes whose α-vectors are exact values.
+
+    Args:
+        br: The best-response POMDP of ``br.agent`` against the other agents' FSCs.
+        fsc: Agent ``br.agent``'s FSC.
+        joint_values: ``evaluate_joint(model, fscs).V``, shape ``(N_1, …, N_N, S)``.
+
+    Returns:
+        ``(alphas (N_i, E), actions (N_i,), links (N_i, Z))`` for :func:`infjesp.pbvi.solve`.
+    """
+    values = np.moveaxis(joint_values, br.agent, 0)  # (N_i, others..., S)
+    values = values.reshape(values.shape[0], -1, values.shape[-1])  # (N_i, K, S)
+    s, k = br.state_index[:, 0], br.state_index[:, 1]
+    return values[:, k, s], fsc.actions, fsc.transitions
+
+
+def policy_graph_fsc(br: BestResponsePOMDP, result: SolveResult, max_nodes: int) -> FSC | None:
+    """The FSC that follows the solver's policy graph from the best α-vector at b0.
+
+    Lossless (see :class:`infjesp.pbvi.PolicyGraph`): its value at b0 is at least
+    ``result.lower``. Returns None when the solver kept no graph or the minimised controller
+    has more than ``max_nodes`` nodes.
+    """
+    graph = result.graph
+    if graph is None or len(result.alphas) == 0:
+        return None
+    start = int(graph.ids[result.alphas.best(np.asarray(br.b0, dtype=float))])
+    nodes = graph.reachable_from(start, limit=_GRAPH_NODE_LIMIT)
+    if nodes is None:
+        return None
+    index = np.full(graph.actions.size, -1, dtype=np.int64)
+    index[nodes] = np.arange(nodes.size)
+    fsc = FSC(graph.actions[nodes], index[graph.links[nodes]], 0).minimized()
+    return fsc if fsc.num_nodes <= max_nodes else None
+
+
 def best_response(
     model: DecPOMDP,
     fscs: Sequence[FSC],
@@ -158,7 +204,15 @@ def best_response(
     """
     started = time.perf_counter()
     br = build_best_response(model, fscs, agent)
-    result = solve(br, epsilon=epsilon, max_beliefs=max_beliefs, time_limit=time_limit, rng=rng)
+    current = evaluate_joint(model, fscs)
+    result = solve(
+        br,
+        epsilon=epsilon,
+        max_beliefs=max_beliefs,
+        time_limit=time_limit,
+        rng=rng,
+        initial=controller_alphas(br, fscs[agent], current.V),
+    )
     joint = list(fscs)
     # minimized(): behaviourally equal nodes merged (same value), so the next best responses,
     # whose state space grows with this controller's size, stay small
@@ -175,6 +229,12 @@ def best_response(
         alt_value = evaluate_joint(model, joint).value
         if alt_value > value:
             fsc, value = alt, alt_value
+    graph_fsc = policy_graph_fsc(br, result, max_nodes)
+    if graph_fsc is not None:  # lossless: worth at least the lower bound at b0
+        joint[agent] = graph_fsc
+        graph_value = evaluate_joint(model, joint).value
+        if graph_value > value:
+            fsc, value = graph_fsc, graph_value
     return BestResponseResult(
         fsc=fsc,
         value=float(value),

@@ -32,7 +32,7 @@ import scipy.sparse.linalg
 from infjesp.bestresponse import BestResponsePOMDP
 from infjesp.errors import InfJespError
 
-__all__ = ["AlphaVectors", "SolveResult", "fib_upper_bound", "solve"]
+__all__ = ["AlphaVectors", "PolicyGraph", "SolveResult", "fib_upper_bound", "solve"]
 
 _TRIAL_GAP_FRACTION = 0.5
 # Successor beliefs per upper-bound sweep over all stored points (skipped when larger).
@@ -86,6 +86,45 @@ class SolveResult:
     iterations: int
     seconds: float
     converged: bool = False
+    graph: PolicyGraph | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class PolicyGraph:
+    """Where every α-vector came from: the policy graph whose node values they bound.
+
+    Every α-vector the solver ever made is a node ``k`` with an action ``actions[k]`` and, per
+    own observation z, the node ``links[k, z]`` whose α-vector its backup used:
+    ``α_k = R[:, a_k] + γ Σ_z M[a_k][z] α_{links[k, z]}`` at the time it was made (a blind
+    α-vector links to itself and is the exact value of always playing its action). α-vectors are
+    never changed after they are made, so by induction every α_k is at most the value of the
+    controller "start at node k, play ``actions``, move along ``links``": following the links
+    from ``ids[argmax_k α_k·b0]`` gives an FSC worth at least the lower bound at b0 — a
+    lossless extraction, unlike the greedy belief-by-belief one.
+
+    Attributes:
+        actions: ``(G,)`` int, the action of every node ever made.
+        links: ``(G, Z)`` int, the successor node of every node on every own observation.
+        ids: ``(K,)`` int, the node of each final α-vector (rows of ``SolveResult.alphas``).
+    """
+
+    actions: np.ndarray
+    links: np.ndarray
+    ids: np.ndarray
+
+    def reachable_from(self, node: int, limit: int) -> np.ndarray | None:
+        """The nodes reachable from ``node`` in BFS order, or None when there are over ``limit``."""
+        order = [node]
+        seen = {node}
+        for current in order:
+            for successor in self.links[current]:
+                successor = int(successor)
+                if successor not in seen:
+                    if len(order) >= limit:
+                        return None
+                    seen.add(successor)
+                    order.append(successor)
+        return np.array(order, dtype=np.int64)
 
 
 class _Model:
@@ -265,7 +304,12 @@ class _Solver:
         blind = _blind_alphas(m)
         self._buffer = blind.copy()  # α-vectors live in the first ``self._count`` rows
         self._buffer_actions = np.arange(m.A)
+        self._buffer_ids = np.arange(m.A)  # policy-graph node of each α-vector
         self._count = m.A
+        # The policy graph (PolicyGraph): a node per α-vector ever made; blind ones loop.
+        self._node_actions = [np.arange(m.A)]
+        self._node_links = [np.repeat(np.arange(m.A)[:, None], m.Z, axis=1)]
+        self._num_nodes = m.A
         self.upper = _Upper(_fib(m, 1e-9, 100_000).max(axis=1))
         self.beliefs: list[np.ndarray] = []
         self._belief_keys: set[bytes] = set()
@@ -279,21 +323,56 @@ class _Solver:
     def actions(self) -> np.ndarray:
         return self._buffer_actions[: self._count]
 
-    def set_alphas(self, alphas: np.ndarray, actions: np.ndarray) -> None:
+    @property
+    def ids(self) -> np.ndarray:
+        return self._buffer_ids[: self._count]
+
+    def new_nodes(self, actions: np.ndarray, links: np.ndarray) -> np.ndarray:
+        """Add policy-graph nodes (``links`` already node ids); returns their ids."""
+        actions = np.asarray(actions, dtype=np.int64).reshape(-1)
+        links = np.asarray(links, dtype=np.int64).reshape(actions.size, self.m.Z)
+        ids = np.arange(self._num_nodes, self._num_nodes + actions.size)
+        self._node_actions.append(actions)
+        self._node_links.append(links)
+        self._num_nodes += actions.size
+        return ids
+
+    def graph(self) -> PolicyGraph:
+        actions = np.concatenate(self._node_actions)
+        links = np.vstack(self._node_links)
+        self._node_actions, self._node_links = [actions], [links]
+        return PolicyGraph(actions, links, self.ids.copy())
+
+    def set_alphas(self, alphas: np.ndarray, actions: np.ndarray, ids: np.ndarray) -> None:
         self._buffer = np.array(alphas, dtype=float)
         self._buffer_actions = np.array(actions, dtype=np.int64)
+        self._buffer_ids = np.array(ids, dtype=np.int64)
         self._count = len(actions)
 
-    def append_alpha(self, alpha: np.ndarray, action: int) -> None:
+    def append_alpha(self, alpha: np.ndarray, action: int, links: np.ndarray) -> None:
+        """Add an α-vector whose backup used the α-vectors of rows ``links`` (one per z)."""
+        node = int(self.new_nodes(np.array([action]), self.ids[links][None, :])[0])
         if self._count == len(self._buffer):  # grow geometrically: amortised O(1) appends
             grow = max(16, self._count)
             self._buffer = np.vstack([self._buffer, np.empty((grow, self._buffer.shape[1]))])
             self._buffer_actions = np.concatenate(
                 [self._buffer_actions, np.zeros(grow, dtype=np.int64)]
             )
+            self._buffer_ids = np.concatenate([self._buffer_ids, np.zeros(grow, dtype=np.int64)])
         self._buffer[self._count] = alpha
         self._buffer_actions[self._count] = action
+        self._buffer_ids[self._count] = node
         self._count += 1
+
+    def seed(self, alphas: np.ndarray, actions: np.ndarray, links: np.ndarray) -> None:
+        """Add a controller's exact node values as α-vectors (``links``: its own node indices)."""
+        first = self._num_nodes
+        ids = self.new_nodes(actions, np.asarray(links) + first)
+        self.set_alphas(
+            np.vstack([self.alphas, alphas]),
+            np.concatenate([self.actions, actions]),
+            np.concatenate([self.ids, ids]),
+        )
 
     # ------------------------------------------------------------------ bounds
     def lower_value(self, beliefs: np.ndarray) -> np.ndarray:
@@ -318,7 +397,7 @@ class _Solver:
         chosen = proj[a].argmax(axis=0)  # (Z,)
         g = self.alphas[chosen[m.obs_or0], np.arange(m.E)]  # (E,)
         alpha = m.R[:, a] + m.gamma * (m.T[a] @ g)
-        self.append_alpha(alpha, a)
+        self.append_alpha(alpha, a, chosen)
 
     def upper_sweep(self, budget: int) -> None:
         """Back up the upper bound at every stored point (and corner) at once, within budget.
@@ -361,6 +440,7 @@ class _Solver:
                 values[:, a] += m.gamma * proj.max(axis=1)
         best = values.argmax(axis=1)
         new_alphas = np.empty((nb, m.E))
+        new_links = np.empty((nb, m.Z), dtype=np.int64)
         cols = np.arange(m.E)[:, None]
         for a in range(m.A):
             which = np.flatnonzero(best == a)
@@ -368,8 +448,17 @@ class _Solver:
                 continue
             G = self.alphas[chosen[a][:, which][m.obs_or0], cols]  # (E, |which|)
             new_alphas[which] = (m.R[:, a][:, None] + m.gamma * (m.T[a] @ G)).T
-        self.set_alphas(np.vstack([self.alphas, new_alphas]), np.concatenate([self.actions, best]))
-        self.prune()
+            new_links[which] = chosen[a][:, which].T
+        # keep only the new α-vectors that survive pruning as graph nodes (the others vanish)
+        candidates = np.vstack([self.alphas, new_alphas])
+        B = np.array(self.beliefs)
+        keep = np.unique((B @ candidates.T).argmax(axis=1))
+        old = self._count
+        fresh = keep[keep >= old] - old
+        ids = np.empty(old + nb, dtype=np.int64)
+        ids[:old] = self.ids
+        ids[old + fresh] = self.new_nodes(best[fresh], self.ids[new_links[fresh]])
+        self.set_alphas(candidates[keep], np.concatenate([self.actions, best])[keep], ids[keep])
 
     def prune(self) -> None:
         """Keep the α-vectors that are maximal at some collected belief (no duplicates)."""
@@ -377,7 +466,7 @@ class _Solver:
             return
         B = np.array(self.beliefs)
         keep = np.unique((B @ self.alphas.T).argmax(axis=1))
-        self.set_alphas(self.alphas[keep], self.actions[keep])
+        self.set_alphas(self.alphas[keep], self.actions[keep], self.ids[keep])
 
     # ------------------------------------------------------------------ trials
     def trial(
@@ -442,6 +531,7 @@ def solve(
     stall_rounds: int | None = 5,
     stall_tolerance: float = 1e-6,
     stall_min_beliefs: int = 500,
+    initial: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> SolveResult:
     """Solve a best-response POMDP from its b0 with HSVI-guided point-based backups.
 
@@ -462,6 +552,10 @@ def solve(
             not improve the policy. None disables the check (run to ε or a limit).
         stall_tolerance: Relative improvement below which the lower bound counts as stalled.
         stall_min_beliefs: Beliefs to collect before the stall check may stop the solve.
+        initial: ``(alphas (K, E), actions (K,), links (K, Z))``: a controller's exact node
+            values, added to the lower bound from the start with their own links (e.g. the
+            agent's current FSC, so the lower bound at b0 starts at the current joint value and
+            the policy graph can only improve on it).
 
     Returns:
         The α-vectors and the bounds at b0.
@@ -481,6 +575,8 @@ def solve(
     _check_discount(br)
     started = time.perf_counter()
     solver = _Solver(br)
+    if initial is not None:
+        solver.seed(*initial)
     gamma = solver.m.gamma
     b0 = np.asarray(br.b0, dtype=float)
     span = float(np.abs(solver.upper.corners).max() + np.abs(solver.alphas).max())
@@ -538,4 +634,5 @@ def solve(
         iterations=iterations,
         seconds=time.perf_counter() - started,
         converged=converged or ub0 - lb0 < epsilon,
+        graph=solver.graph(),
     )
