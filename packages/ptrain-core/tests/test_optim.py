@@ -616,6 +616,35 @@ def test_warmup_cosine_schedule_values() -> None:
 
 
 @pytest.mark.parametrize("make_schedule", [warmup_polynomial_schedule, warmup_cosine_schedule])
+def test_schedule_state_dict_round_trips_through_a_weights_only_checkpoint(
+    make_schedule, tmp_path
+) -> None:
+    # a resumed run rebuilds the scheduler and loads its state: the LRs must continue exactly
+    def build() -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.5)
+        return optimizer, make_schedule(optimizer, warmup_steps=3, total_steps=10)
+
+    optimizer, schedule = build()
+    for _ in range(5):
+        optimizer.step()
+        schedule.step()
+    torch.save(schedule.state_dict(), tmp_path / "schedule.pt")
+    expected = []
+    for _ in range(4):
+        optimizer.step()
+        schedule.step()
+        expected.append(schedule.get_last_lr())
+    optimizer, schedule = build()
+    schedule.load_state_dict(torch.load(tmp_path / "schedule.pt", weights_only=True))
+    resumed = []
+    for _ in range(4):
+        optimizer.step()
+        schedule.step()
+        resumed.append(schedule.get_last_lr())
+    assert resumed == expected
+
+
+@pytest.mark.parametrize("make_schedule", [warmup_polynomial_schedule, warmup_cosine_schedule])
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [

@@ -720,7 +720,7 @@ def _check_schedule(
     _check_number(name, "power", power, "", low=0.0, low_inclusive=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: LambdaLR.state_dict() saves a callable's __dict__
 class _WarmupDecay:
     """LR multiplier: linear warm-up 0 → 1, then polynomial or cosine decay 1 → end_factor."""
 
