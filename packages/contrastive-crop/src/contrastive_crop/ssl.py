@@ -11,6 +11,7 @@ MoCo: the query encoder; BYOL: the online encoder; SimSiam: the encoder).
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -106,8 +107,8 @@ class _Framework(nn.Module):
 def _ema(target: nn.Module, online: nn.Module, momentum: float) -> None:
     for t, o in zip(target.parameters(), online.parameters(), strict=True):
         t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
-    for t, o in zip(target.buffers(), online.buffers(), strict=True):
-        t.copy_(o)
+    for target_buffer, online_buffer in zip(target.buffers(), online.buffers(), strict=True):
+        target_buffer.copy_(online_buffer)
 
 
 class SimCLR(_Framework):
@@ -170,7 +171,7 @@ class MoCo(_Framework):
             k1, k2 = F.normalize(
                 self.key_head(self.key_backbone(torch.cat([x1, x2]))), dim=1
             ).chunk(2)
-        queue: Tensor = self.queue
+        queue = cast(Tensor, self.queue)
         loss = 0.5 * (
             moco_loss(q1, k2, queue, self.temperature) + moco_loss(q2, k1, queue, self.temperature)
         )
@@ -181,12 +182,13 @@ class MoCo(_Framework):
     def after_step(self) -> None:
         _ema(self.key_backbone, self.backbone, self.momentum)
         _ema(self.key_head, self.head, self.momentum)
-        queue: Tensor = self.queue
+        queue = cast(Tensor, self.queue)
+        queue_ptr = cast(Tensor, self.queue_ptr)
         for keys in self._pending:
-            pointer = int(self.queue_ptr)
+            pointer = int(queue_ptr)
             index = (pointer + torch.arange(len(keys), device=keys.device)) % len(queue)
             queue[index] = keys
-            self.queue_ptr.fill_((pointer + len(keys)) % len(queue))
+            queue_ptr.fill_((pointer + len(keys)) % len(queue))
         self._pending = []
 
 
