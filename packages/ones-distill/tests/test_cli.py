@@ -91,3 +91,12 @@ def test_bad_input_is_one_line_and_exit_2(
         if argv[0] == "gather":  # library errors: exactly one line
             assert len(err.splitlines()) == 1
     assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.slow
+def test_bench_speed_contract_full_size(tmp_path: Path) -> None:
+    path = tmp_path / "speed.json"
+    assert main(["bench", "speed", "--repeats", "1", "--json", str(path)]) == 0
+    times = _read(path)
+    assert set(times) == {"teacher_b1_s", "student_b1_s", "teacher_b64_s", "student_b64_s"}
+    assert times["student_b64_s"] < times["teacher_b64_s"]
