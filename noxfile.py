@@ -34,6 +34,9 @@ MYPY_FLAGS = [
     "--show-error-codes",
 ]
 TEST_REQUIREMENTS = ["pytest>=8", "hypothesis>=6"]
+# Optional-dependency groups the demo and the test sessions install where a package declares
+# them: the offline image data (scikit-learn's digits) the tour's image steps and their tests use.
+DEMO_EXTRAS = ("data",)
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_existing_virtualenvs = False
@@ -84,6 +87,7 @@ def _discover() -> dict[str, dict]:
             "path": pyproject.parent,
             "dependencies": [_requirement_name(dep) for dep in project.get("dependencies", [])],
             "scripts": sorted(project.get("scripts", {})),
+            "extras": sorted(project.get("optional-dependencies", {})),
         }
     return packages
 
@@ -111,15 +115,24 @@ def _needs_torch(names: list[str]) -> bool:
     return any("torch" in PACKAGES[name]["dependencies"] for name in names)
 
 
-def _install_packages(session: nox.Session, names: list[str], *extra: str) -> None:
+def _install_packages(
+    session: nox.Session, names: list[str], *extra: str, extras: tuple[str, ...] = ()
+) -> None:
     """torch first (when needed), then the packages from their local paths, non-editable.
 
     All local paths go into one install command, so siblings resolve to these paths and never to
-    an index (a different `ptrain` exists on PyPI).
+    an index (a different `ptrain` exists on PyPI). ``extras`` names optional-dependency groups
+    to install with every package that declares them (e.g. ``("data",)``).
     """
     if _needs_torch(names):
         session.install(TORCH_REQUIREMENT)
-    session.install(*(str(PACKAGES[name]["path"]) for name in names), *extra)
+
+    def target(name: str) -> str:
+        chosen = [group for group in extras if group in PACKAGES[name]["extras"]]
+        path = str(PACKAGES[name]["path"])
+        return f"{path}[{','.join(chosen)}]" if chosen else path
+
+    session.install(*(target(name) for name in names), *extra)
 
 
 def _pytest(
@@ -170,7 +183,7 @@ def lint(session: nox.Session) -> None:
 def tests(session: nox.Session, pkg: str) -> None:
     """One package's tests, alone, in a fresh environment (extra args go to pytest)."""
     with _Timer(session):
-        _install_packages(session, _sibling_closure(pkg), *TEST_REQUIREMENTS)
+        _install_packages(session, _sibling_closure(pkg), *TEST_REQUIREMENTS, extras=DEMO_EXTRAS)
         _pytest(session, [PACKAGES[pkg]["path"] / "tests"])
 
 
@@ -212,9 +225,9 @@ def build(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The tour: one short step per package doing its main job."""
+    """The tour: one short step per package doing its main job (with the offline `data` extras)."""
     with _Timer(session):
-        _install_packages(session, list(PACKAGES))
+        _install_packages(session, list(PACKAGES), extras=DEMO_EXTRAS)
         session.run("python", str(ROOT / "examples" / "tour.py"), *session.posargs)
 
 
