@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                 "final_pretrain_loss": result["final_loss"],
                 "active_mmacs_per_image": active_macs(model_config) / 1e6,
                 "parameters": result["parameters"],
-                "seconds": round(time.perf_counter() - began, 1),
             }
-            print(name, values, file=sys.stderr, flush=True)
+            seconds = time.perf_counter() - began
+            print(name, values, f"{seconds:.0f} s", file=sys.stderr, flush=True)
             metrics.append({"name": name, "values": values})
     command = (
         f"python benchmarks/probe_study.py --steps {args.steps} --batch-size {args.batch_size} "
