@@ -36,6 +36,11 @@ def main() -> None:
     parser.add_argument("--workloads", type=int, nargs="+", default=list(range(1, 8)))
     parser.add_argument("--ones-seeds", type=int, default=3)
     parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument(
+        "--ones-options",
+        default="{}",
+        help='extra OnesPolicy fields as JSON, e.g. {"epoch_samples": 10000}',
+    )
     parser.add_argument("--json", type=Path, default=RESULTS / "bench_workloads.json")
     args = parser.parse_args()
     if not SHARED.is_dir():
@@ -48,7 +53,9 @@ def main() -> None:
         for name in policies:
             seeds = range(args.ones_seeds) if name == "ones" else range(1)
             for seed in seeds:
-                result = simulate(specs, make_policy(name, seed=seed), cluster, seed=seed)
+                options = json.loads(args.ones_options) if name == "ones" else {}
+                policy = make_policy(name, seed=seed, **options)
+                result = simulate(specs, policy, cluster, seed=seed)
                 assert len(result.records) == len(specs)
                 row = {
                     "seed": seed,
@@ -97,12 +104,19 @@ def main() -> None:
             values["workload6_avg_jct"] = w6
             values["workload6_vs_artifact"] = w6 / ARTIFACT_W6[name]
             values["mean_vs_artifact_mean"] = float(values["avg_jct"]) / ARTIFACT_MEAN[name]
-        metrics.append({"name": f"{name}", "values": values})
+        label = name
+        if name == "ones" and json.loads(args.ones_options):
+            label = "ones " + ",".join(f"{k}={v}" for k, v in json.loads(args.ones_options).items())
+        metrics.append({"name": label, "values": values})
     workloads = " ".join(str(w) for w in args.workloads)
     command = (
         "python packages/ptrain-sched/benchmarks/bench_workloads.py "
         f"--workloads {workloads} --ones-seeds {args.ones_seeds}"
     )
+    if args.policies != ",".join(POLICIES):
+        command += f" --policies {args.policies}"
+    if json.loads(args.ones_options):
+        command += f" --ones-options '{args.ones_options}'"
     meta = {
         "command": command,
         "cluster": "16 nodes x 4 GPUs",
@@ -113,7 +127,7 @@ def main() -> None:
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"metrics": metrics, "meta": meta}, indent=2) + "\n")
-    (args.json.parent / "bench_workloads_detail.json").write_text(
+    (args.json.parent / f"{args.json.stem}_detail.json").write_text(
         json.dumps({"detail": detail, "meta": meta}, indent=1) + "\n"
     )
     print(f"wrote {args.json}")
