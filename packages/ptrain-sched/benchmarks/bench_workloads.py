@@ -84,16 +84,12 @@ def main() -> None:
                 "avg_jct",
                 "p99_jct",
                 "makespan",
-                "avg_queueing_delay",
                 "gpu_util_allocated",
-                "gpu_util_effective",
                 "reconfigurations_per_job",
                 "decide_latency_ms_median",
                 "events_per_s",
             )
         }
-        per_workload = [np.mean([r["avg_jct"] for r in runs]) for runs in detail[name].values()]
-        values["avg_jct_std_over_workloads"] = float(np.std(per_workload))
         if name == "ones":
             seed_std = [np.std([r["avg_jct"] for r in runs]) for runs in detail[name].values()]
             values["avg_jct_std_over_seeds"] = float(np.mean(seed_std))
