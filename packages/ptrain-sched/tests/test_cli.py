@@ -179,3 +179,32 @@ def test_gavel_trace_simulates(tmp_path: Path) -> None:
     ]
     assert main(argv) == 0
     assert json.loads(out.read_text())["jobs"] == len(specs)
+
+
+@needs_shared
+@pytest.mark.slow
+def test_ones_contract_on_160_jobs_under_60_seconds(tmp_path: Path) -> None:
+    import time
+
+    out = tmp_path / "ones.json"
+    argv = [
+        "simulate",
+        "--workload",
+        str(WORKLOAD_1),
+        "--policy",
+        "ones",
+        "--gpus",
+        "64",
+        "--gpus-per-node",
+        "4",
+        "--seed",
+        "0",
+        "--json",
+        str(out),
+        "--quiet",
+    ]
+    start = time.perf_counter()
+    assert main(argv) == 0
+    assert time.perf_counter() - start < 60.0
+    data = json.loads(out.read_text())
+    assert data["jobs"] == data["jobs_submitted"] == 160
