@@ -13,18 +13,10 @@ from __future__ import annotations
 import random
 import sys
 
+from mred.rouge import corpus_rouge
 from ptrain.core.bench import bench_argument_parser, compare, write_json
 
-from mred.rouge import corpus_rouge
-
-WORDS = (
-    "the paper proposes a novel method for training deep networks reviewers agreed that results "
-    "are strong but experiments limited authors addressed concerns rebuttal decision accept "
-    "reject generalization generalizes generalizing models modeling modelled evaluation "
-    "evaluations evaluated baselines baseline comparisons compared theoretical theory analysis "
-    "analyses analyzing clearly clarity writing written improvements improved improving "
-    "contribution contributions contributes significant significance interesting interest"
-).split()
+WORDS = ["the", "paper", "proposes", "a", "novel", "method", "for", "training", "deep", "networks", "reviewers", "agreed", "that", "results", "are", "strong", "but", "experiments", "limited", "authors", "addressed", "concerns", "rebuttal", "decision", "accept", "reject", "generalization", "generalizes", "generalizing", "models", "modeling", "modelled", "evaluation", "evaluations", "evaluated", "baselines", "baseline", "comparisons", "compared", "theoretical", "theory", "analysis", "analyses", "analyzing", "clearly", "clarity", "writing", "written", "improvements", "improved", "improving", "contribution", "contributions", "contributes", "significant", "significance", "interesting", "interest"]
 
 
 def _texts(count: int, seed: int) -> list[str]:
