@@ -44,9 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     from ptrain.core.bench import environment_info
     from ptrain.core.cli import write_json
 
-    command = "python " + " ".join(
-        [sys.argv[0].split("packages/mred/")[-1], *(argv or sys.argv[1:])]
-    )
+    arguments = argv if argv is not None else sys.argv[1:]
+    command = " ".join(["python packages/mred/benchmarks/val_study.py", *arguments])
     classifier = SentenceClassifier.load(args.classifier)
     release = Release(args.data)
     val, _ = release.labeled_documents("val")
