@@ -316,8 +316,11 @@ def _build_encoder(
         return encoder, {"vocabulary": vocabulary.entries}
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(config.model, local_files_only=True)
-    model = AutoModel.from_pretrained(config.model, local_files_only=True)
+    from mred._hf import quiet_transformers
+
+    with quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(config.model, local_files_only=True)
+        model = AutoModel.from_pretrained(config.model, local_files_only=True)
     return TransformerEncoder(model, tokenizer, config.max_length, config.pooling), {}
 
 

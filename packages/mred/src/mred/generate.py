@@ -20,17 +20,17 @@ Shapes: ``B`` batch, ``T`` source tokens, ``U`` target tokens.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mred._hf import quiet_transformers
 from mred.data import LABELS, GenerationExample
 
 __all__ = [
@@ -195,20 +195,6 @@ def _build_model(config: GeneratorConfig, examples: Sequence[GenerationExample])
     return model, tokenizer
 
 
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """No per-shard progress bars from transformers while saving/loading (restored after)."""
-    from transformers.utils import logging
-
-    enabled = logging.is_progress_bar_enabled()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            logging.enable_progress_bar()
-
-
 def _set_generation_ids(model: Any, tokenizer: Any) -> None:
     """transformers 5 needs these on the generation config for encoder-decoder generation."""
     generation = model.generation_config
@@ -306,7 +292,7 @@ class Generator:
     def save(self, directory: str | os.PathLike[str]) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        with _quiet_transformers():
+        with quiet_transformers():
             self.model.save_pretrained(directory)
             self.tokenizer.save_pretrained(directory)
         (directory / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
@@ -323,7 +309,7 @@ class Generator:
         fields = json.loads((directory / CONFIG_FILE).read_text())
         fields["model"] = "tiny" if fields["model"] == "tiny" else str(directory)
         config = GeneratorConfig(**fields)
-        with _quiet_transformers():
+        with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
             model = BartForConditionalGeneration.from_pretrained(directory, local_files_only=True)
         _set_generation_ids(model, tokenizer)
