@@ -150,3 +150,11 @@ def test_digits_extra() -> None:
     assert data.images.shape == (1797, 1, 8, 8) and int(data.labels.max()) == 9
     train, test = data.split(0.2, seed=0)
     assert len(train) + len(test) == 1797 and len(test) == 359
+
+
+@pytest.mark.parametrize("argv", [[], ["bench"]])
+def test_missing_command_is_a_usage_error(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    assert "error:" in capsys.readouterr().err

@@ -209,7 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     handler = getattr(args, "handler", None)
     if handler is None:
         if args.command == "bench":
-            parser.parse_args(["bench", "--help"])
-        parser.print_help()
-        return 2
+            parser.error("bench needs a benchmark name: layer")
+        parser.error("a command is required: pretrain, probe or bench")
     return int(handler(args))
