@@ -89,11 +89,12 @@ def test_pretrain_then_probe_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
     assert "pretrained Sparse-MLP" in capsys.readouterr().out
     probe = tmp_path / "probe.json"
     code = main(
-        ["probe", result["backbone"], "--data", str(data), "--epochs", "50", "--json", str(probe)]
+        ["probe", result["backbone"], "--epochs", "50", "--json", str(probe)]  # data as stored
     )
     assert code == 0
     accuracy = json.loads(probe.read_text())
     assert 0.0 <= accuracy["test_accuracy"] <= 1.0 and accuracy["sparse"] is True
+    assert accuracy["test_size"] == round(0.2 * 96)  # the split pre-training held out
     # running pretrain again resumes from the finished checkpoint: no new steps
     again = ["pretrain", "--data", str(data), "--set", "patch_size=2", "--set", "dim=16"]
     assert main([*again, "--steps", "3", "--batch-size", "16", "--out", str(tmp_path / "run")]) == 0

@@ -340,23 +340,51 @@ def _overrides(items: list[str]) -> dict[str, Any]:
     return result
 
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--data``, ``--image-size``, ``--channels``, ``--test-fraction``, ``--split-seed``."""
+_DATA_DEFAULTS = {
+    "data": "digits",
+    "image_size": None,
+    "channels": 3,
+    "test_fraction": 0.2,
+    "split_seed": 0,
+}
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, *, from_checkpoint: bool = False) -> None:
+    """``--data``, ``--image-size``, ``--channels``, ``--test-fraction``, ``--split-seed``.
+
+    With ``from_checkpoint`` the defaults are None and are filled from the data settings stored
+    with the backbone (``fill_data_defaults``), so ``probe`` splits exactly as ``pretrain`` did.
+    """
+    defaults = {key: None for key in _DATA_DEFAULTS} if from_checkpoint else _DATA_DEFAULTS
+    note = " (default: as in pre-training)" if from_checkpoint else ""
     parser.add_argument(
         "--data",
-        default="digits",
+        default=defaults["data"],
         help="'digits' (needs ptrain-moe[data]), an image folder root/<class>/<image>, or a .pt "
-        "file with {'images': (N,K,H,W), 'labels': (N,)} (default digits)",
+        f"file with {{'images': (N,K,H,W), 'labels': (N,)}} (default digits){note}",
     )
-    parser.add_argument("--image-size", type=int, default=None, help="resize image folders to this")
-    parser.add_argument("--channels", type=int, default=3, help="image-folder channels (1 or 3)")
+    parser.add_argument(
+        "--image-size", type=int, default=defaults["image_size"], help=f"resize image folders{note}"
+    )
+    parser.add_argument(
+        "--channels", type=int, default=defaults["channels"], help=f"image-folder channels{note}"
+    )
     parser.add_argument(
         "--test-fraction",
         type=float,
-        default=0.2,
-        help="held-out fraction (never seen in pre-training; the probe's test set; default 0.2)",
+        default=defaults["test_fraction"],
+        help=f"held-out fraction, never pre-trained on; the probe's test set (0.2){note}",
     )
-    parser.add_argument("--split-seed", type=int, default=0, help="seed of the split (default 0)")
+    parser.add_argument(
+        "--split-seed", type=int, default=defaults["split_seed"], help=f"split seed (0){note}"
+    )
+
+
+def fill_data_defaults(args: argparse.Namespace, stored: dict[str, Any]) -> None:
+    """Fills data flags left at None from ``stored`` (the backbone data settings) or defaults."""
+    for key, default in _DATA_DEFAULTS.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, stored.get(key, default) if stored.get(key) is not None else default)
 
 
 def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
@@ -394,7 +422,7 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
 def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``ptrain-moe probe``."""
     parser.add_argument("checkpoint", type=Path, help="a backbone.pt written by pretrain")
-    add_data_arguments(parser)
+    add_data_arguments(parser, from_checkpoint=True)
     defaults = ProbeConfig()
     parser.add_argument("--epochs", type=int, default=defaults.epochs, help="full-batch steps")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate")
@@ -453,6 +481,8 @@ def probe_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Runs ``ptrain-moe probe``."""
     payload = read_model_file(args.checkpoint)
     backbone = load_model(args.checkpoint)
+    stored = payload.get("extra", {}).get("data", {})
+    fill_data_defaults(args, stored if isinstance(stored, dict) else {})
     train, test = _split_data(args)
     try:
         result: dict[str, Any] = linear_probe(
