@@ -171,3 +171,26 @@ def test_checkpoint_saved_at_ep2_loads_at_ep1_and_the_reverse(tmp_path: Path) ->
     loaded = run_distributed(_load_at_ep, 2, str(tmp_path / "ep1.pt"), timeout=120)
     for features in loaded:
         torch.testing.assert_close(features, expected)
+
+
+def _ep_capacity_rank(rank: int, world: int) -> dict[str, Any]:
+    torch.manual_seed(0)
+    layer = MoE(_config(capacity_factor=0.5)).double()
+    apply_expert_parallel(layer, None)
+    x, _ = _inputs()
+    mine = slice(rank * TOKENS // world, (rank + 1) * TOKENS // world)
+    y, aux = layer(x[mine])
+    return {"y": y.detach(), "dropped": aux["dropped"], "capacity": aux["capacity"]}
+
+
+def test_expert_parallel_capacity_is_per_source_rank() -> None:
+    """With capacity, each rank's output equals the unsharded layer run on that rank's tokens."""
+    results = run_distributed(_ep_capacity_rank, 2, timeout=120)
+    torch.manual_seed(0)
+    layer = MoE(_config(capacity_factor=0.5)).double()
+    x, _ = _inputs()
+    for rank, result in enumerate(results):
+        y, aux = layer(x[rank * TOKENS // 2 : (rank + 1) * TOKENS // 2])
+        torch.testing.assert_close(result["y"], y.detach())
+        assert result["dropped"] == aux["dropped"] > 0
+        assert result["capacity"] == aux["capacity"] == 3  # ceil(0.5 · 2 · 24 / 8)
