@@ -94,6 +94,59 @@ def core_step() -> None:
     print(f"  loss fell {losses[0]:.4f} -> {losses[-1]:.4f}")
 
 
+# --------------------------------------------------------------------------- ptrain-moe
+def _moe_pretrain_rank(rank: int, world_size: int, out_dir: str) -> dict[str, object]:
+    """One rank of a MoCo v3 pre-training run with the experts split over 2 ranks."""
+    import torch
+    import torch.distributed as dist
+
+    from ptrain.moe.data import TensorImageDataset
+    from ptrain.moe.train import PretrainConfig, pretrain
+
+    generator = torch.Generator().manual_seed(0)  # 8x8 images: a horizontal or vertical bar
+    labels = torch.randint(0, 2, (256,), generator=generator)
+    where = torch.randint(1, 7, (256,), generator=generator)
+    images = 0.1 * torch.rand(256, 1, 8, 8, generator=generator)
+    rows = torch.arange(256)
+    images[rows[labels == 0], 0, where[labels == 0], 1:7] = 1.0
+    images[rows[labels == 1], 0, 1:7, where[labels == 1]] = 1.0
+    data = TensorImageDataset(images, labels)
+    config = PretrainConfig(
+        model="debug", overrides={"patch_size": 2, "dim": 16}, steps=12, batch_size=64,
+        lr=5e-3, warmup_steps=2, checkpoint_every=0, head_hidden=64, head_out=32,
+    )  # fmt: skip
+    result = pretrain(config, data, out_dir, group=dist.group.WORLD)
+    return {"losses": result["losses"], "backbone": result["backbone"]}
+
+
+@step("ptrain-moe", "ptrain.moe")
+def moe_step() -> None:
+    """Pre-train a debug Sparse-MLP with MoCo v3 for a few steps, experts split over 2 ranks."""
+    import tempfile
+
+    from ptrain.core.testing import run_distributed
+    from ptrain.moe import MoE, load_model
+
+    with tempfile.TemporaryDirectory() as out_dir:
+        results = run_distributed(_moe_pretrain_rank, 2, out_dir, timeout=120)
+        losses = results[0]["losses"]
+        if losses != results[1]["losses"]:
+            raise SystemExit("ptrain-moe: expert-parallel ranks disagree on the loss")
+        for index in (0, 3, 7, len(losses) - 1):
+            print(f"  step {index + 1:>3}  MoCo v3 loss {losses[index]:.4f}")
+        backbone = load_model(results[0]["backbone"])  # rank 0 gathered every expert
+        layers = [m for m in backbone.modules() if isinstance(m, MoE)]
+        print(
+            f"  {len(layers)} MoE layers (MoE_s top-1, MoE_c top-2), "
+            f"{layers[0].num_experts} experts each, 2 per rank during training; the saved "
+            f"backbone reloads on 1 process with all {layers[0].num_experts}"
+        )
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    if not last < first:
+        raise SystemExit(f"ptrain-moe: loss did not fall ({first:.4f} -> {last:.4f})")
+    print(f"  mean loss of the first 3 steps {first:.4f} -> last 3 steps {last:.4f}")
+
+
 # --------------------------------------------------------------------------- keypointnet
 @step("keypointnet", "keypointnet")
 def keypointnet_step() -> None:

@@ -90,13 +90,13 @@ class MoCoV3(nn.Module):
         for param in self._momentum_parameters():
             param.requires_grad_(False)
 
-    def _momentum_parameters(self) -> list[nn.Parameter]:
+    def _momentum_parameters(self) -> list[torch.Tensor]:
         return [*self.momentum_backbone.parameters(), *self.momentum_projector.parameters()]
 
     @torch.no_grad()
     def update_momentum(self, momentum: float) -> None:
         """``θ_m ← m·θ_m + (1 − m)·θ`` for backbone and projector."""
-        base = [*self.backbone.parameters(), *self.projector.parameters()]
+        base: list[torch.Tensor] = [*self.backbone.parameters(), *self.projector.parameters()]
         torch._foreach_mul_(self._momentum_parameters(), momentum)
         torch._foreach_add_(self._momentum_parameters(), base, alpha=1.0 - momentum)
 

@@ -14,6 +14,8 @@ Shape legend: ``T`` tokens, ``D`` model dim, ``E`` experts, ``H`` expert hidden,
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -86,10 +88,14 @@ class NaiveLoopMoE(nn.Module):
             for _ in range(config.num_experts)
         )
         with torch.no_grad():
-            for e, expert in enumerate(self.experts):
+            for e, module in enumerate(self.experts):
+                expert = cast(DenseFFN, module)
                 weights = layer.expert_weights(e)
-                expert.fc1.weight.copy_(weights["w1"].t())  # type: ignore[union-attr]
-                expert.fc2.weight.copy_(weights["w2"].t())  # type: ignore[union-attr]
+                w1, w2 = weights["w1"], weights["w2"]
+                if w1 is None or w2 is None:  # an expert always has both weight matrices
+                    raise ValueError(f"expert {e} of the layer has no w1/w2")
+                expert.fc1.weight.copy_(w1.t())
+                expert.fc2.weight.copy_(w2.t())
                 for linear, bias in ((expert.fc1, weights["b1"]), (expert.fc2, weights["b2"])):
                     if bias is None:
                         linear.bias.zero_()
