@@ -167,6 +167,18 @@ def test_local_transformer_path_is_loaded_not_downloaded(tmp_path: Path) -> None
     )
     loaded = SentenceClassifier.load(tmp_path / "clf")
     assert loaded.predict([train[0].texts]) == classifier.predict([train[0].texts])
+    # frozen encoder: per-epoch checkpoints hold only the trained parts, and resume from them
+    checkpoint = next((tmp_path / "clf" / "checkpoints").iterdir())
+    saved = torch.load(checkpoint, weights_only=True)["model"]
+    assert saved and not any(key.startswith("encoder") for key in saved)
+    _, result = train_classifier(
+        train,
+        train[:2],
+        ClassifierConfig(model=str(model_dir), freeze_encoder=True),
+        TrainConfig(out_dir=tmp_path / "clf", epochs=2, resume=True),
+        show_progress=False,
+    )
+    assert [r["epoch"] for r in result["history"]] == [1, 2]
 
 
 def test_config_validation() -> None:

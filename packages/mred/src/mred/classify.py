@@ -495,9 +495,15 @@ def train_classifier(
     out_dir = Path(train_config.out_dir)
     checkpointer = Checkpointer(out_dir / "checkpoints", keep=1, prefix="epoch")
     state: dict[str, Any] = {"best_accuracy": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
+    # a frozen encoder never changes: per-epoch checkpoints hold only the trained parts
+    trained: nn.Module = (
+        tagger
+        if cached is None
+        else nn.ModuleDict({"lstm": tagger.lstm, "to_labels": tagger.to_labels, "crf": tagger.crf})
+    )
     start_epoch = 0
     if train_config.resume:
-        latest = checkpointer.load_latest(tagger, optimizer)
+        latest = checkpointer.load_latest(trained, optimizer)
         if latest is not None:
             start_epoch = latest.step
             state = json.loads(latest.extra["state"])
@@ -549,7 +555,7 @@ def train_classifier(
         if on_epoch is not None:
             on_epoch(record)
         checkpointer.save(
-            epoch + 1, model=tagger, optimizer=optimizer, extra={"state": json.dumps(state)}
+            epoch + 1, model=trained, optimizer=optimizer, extra={"state": json.dumps(state)}
         )
     best = SentenceClassifier.load(out_dir)
     result: dict[str, Any] = {"history": state["history"], "best_epoch": state["best_epoch"]}
