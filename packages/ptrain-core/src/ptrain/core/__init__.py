@@ -9,16 +9,49 @@ Modules:
     checkpoint  atomic, resumable checkpoints (loaded with ``weights_only=True``)
     bench       interleaved ratio benchmarks with JSON output
     cli         helpers for package CLIs (one-line errors, ``--json``, progress, ``--version``)
+
+Submodules and names are imported lazily (PEP 562), so ``import ptrain.core.cli`` — what a
+package CLI needs to start — does not import torch.
 """
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
-from ptrain.core import bench, checkpoint, cli, comm, dist, optim, testing
-from ptrain.core.checkpoint import Checkpointer, load_checkpoint, save_checkpoint
-from ptrain.core.comm import CommTracker
-from ptrain.core.dist import DistInfo, ParallelDims, init_distributed
-from ptrain.core.optim import LAMB, LARS
-from ptrain.core.testing import run_distributed
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
+    from ptrain.core import bench, checkpoint, cli, comm, dist, optim, testing
+    from ptrain.core.checkpoint import Checkpointer, load_checkpoint, save_checkpoint
+    from ptrain.core.comm import CommTracker
+    from ptrain.core.dist import DistInfo, ParallelDims, init_distributed
+    from ptrain.core.optim import LAMB, LARS
+    from ptrain.core.testing import run_distributed
+
+_SUBMODULES = frozenset({"bench", "checkpoint", "cli", "comm", "dist", "optim", "testing"})
+_NAMES = {
+    "Checkpointer": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "CommTracker": "comm",
+    "DistInfo": "dist",
+    "ParallelDims": "dist",
+    "init_distributed": "dist",
+    "LAMB": "optim",
+    "LARS": "optim",
+    "run_distributed": "testing",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"ptrain.core.{name}")
+    if name in _NAMES:
+        return getattr(importlib.import_module(f"ptrain.core.{_NAMES[name]}"), name)
+    raise AttributeError(f"module 'ptrain.core' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SUBMODULES, *_NAMES})
+
 
 try:
     __version__ = version("ptrain-core")
