@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -204,7 +204,7 @@ class TransformerEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.pooling = pooling
-        self.output_dim = int(model.config.hidden_size)
+        self.output_dim = int(cast(Any, model).config.hidden_size)
 
     def prepare(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         if isinstance(self.tokenizer, WordVocabulary):
@@ -239,7 +239,9 @@ class TransformerEncoder(nn.Module):
 class SentenceTagger(nn.Module):
     """Encoder → dropout → BiLSTM over sentences → dropout → linear → CRF."""
 
-    def __init__(self, encoder: nn.Module, config: ClassifierConfig) -> None:
+    encoder: BowEncoder | TransformerEncoder  # a submodule; annotated for type checkers
+
+    def __init__(self, encoder: BowEncoder | TransformerEncoder, config: ClassifierConfig) -> None:
         super().__init__()
         self.encoder = encoder
         self.config = config
@@ -292,7 +294,7 @@ class SentenceTagger(nn.Module):
 # --------------------------------------------------------------------------- the classifier
 def _build_encoder(
     config: ClassifierConfig, texts: Sequence[str], vocabulary: WordVocabulary | None = None
-) -> tuple[nn.Module, dict[str, Any]]:
+) -> tuple[BowEncoder | TransformerEncoder, dict[str, Any]]:
     """The sentence encoder and what must be saved to rebuild it."""
     if config.kind == "bow":
         vocabulary = vocabulary or WordVocabulary.build(texts, config.ngrams, config.min_count)
@@ -394,7 +396,7 @@ class SentenceClassifier:
                 payload["vocabulary"] = encoder.tokenizer.entries
             else:
                 encoder.tokenizer.save_pretrained(directory / "encoder")
-                encoder.model.config.save_pretrained(directory / "encoder")
+                cast(Any, encoder.model).config.save_pretrained(directory / "encoder")
         path = directory / CLASSIFIER_FILE
         save_checkpoint(path, model=self.tagger, extra=payload, rng=False)
         return path
@@ -416,7 +418,7 @@ class SentenceClassifier:
         config = ClassifierConfig(**fields)
         if config.kind == "bow":
             vocabulary = WordVocabulary(extra["vocabulary"][1:], config.ngrams)
-            encoder: nn.Module = BowEncoder(vocabulary, config.embedding_dim)
+            encoder: BowEncoder | TransformerEncoder = BowEncoder(vocabulary, config.embedding_dim)
         elif config.kind == "transformer":
             vocabulary = WordVocabulary(extra["vocabulary"][3:], 1, specials=("[CLS]", "[SEP]"))
             encoder, _ = _build_encoder(config, [], vocabulary)
