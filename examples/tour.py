@@ -298,6 +298,34 @@ def infjesp_step() -> None:
         raise SystemExit("infjesp: Monte-Carlo disagrees with the exact value")
 
 
+# --------------------------------------------------------------------------- ptrain-sched
+@step("ptrain-sched", "ptrain.sched")
+def sched_step() -> None:
+    """Simulate ONES (elastic batch size) against Tiresias on a small workload; JCT table."""
+    from ptrain.sched.policies import make_policy
+    from ptrain.sched.report import format_table
+    from ptrain.sched.sim import simulate
+    from ptrain.sched.types import ClusterSpec
+    from ptrain.sched.workload import synthetic
+
+    # 40 jobs (cifar10, ncf, bert; Pollux application tables) arriving over 2 h on 4 x 4 GPUs.
+    jobs = synthetic(40, duration=7200.0, seed=0, applications=("cifar10", "ncf", "bert"))
+    cluster = ClusterSpec(nodes=4, gpus_per_node=4)
+    results = {n: simulate(jobs, make_policy(n, seed=0), cluster) for n in ("tiresias", "ones")}
+    print(format_table([{"policy": n, **r.summary} for n, r in results.items()]))
+    batches: dict[int, set[int]] = {}
+    for job_id, _, _, _, batch in results["ones"].timeline:
+        batches.setdefault(job_id, set()).add(batch)
+    resized = sum(len(sizes) > 1 for sizes in batches.values())
+    print(f"  ONES changed the batch size (with the GPU count) of {resized} of {len(jobs)} jobs")
+    for name, result in results.items():
+        if len(result.records) != len(jobs):
+            done = len(result.records)
+            raise SystemExit(f"ptrain-sched: {name} finished {done}/{len(jobs)} jobs")
+    if resized == 0:
+        raise SystemExit("ptrain-sched: ONES never resized a job")
+
+
 # --------------------------------------------------------------------------- contrastive-crop
 @step("contrastive-crop", "contrastive_crop")
 def contrastive_crop_step() -> None:
