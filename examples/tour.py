@@ -298,6 +298,58 @@ def infjesp_step() -> None:
         raise SystemExit("infjesp: Monte-Carlo disagrees with the exact value")
 
 
+# --------------------------------------------------------------------------- ones-distill
+@step("ones-distill", "ones_distill")
+def ones_distill_step() -> None:
+    """Gather a small Sparse-MLP classifier's MoE layers into dense FFNs (SVD-KG), then distil."""
+    import torch
+
+    from ones_distill import (
+        FitConfig,
+        GatherConfig,
+        SparseMLPClassifier,
+        SparseMLPClassifierConfig,
+        accuracy,
+        find_moe_layers,
+        fit,
+        gather_model,
+        mean_kl,
+        parameter_count,
+    )
+    from ptrain.moe import sparse_mlp_config
+
+    generator = torch.Generator().manual_seed(0)  # 8x8 images: a bar at one of 6 rows/columns
+    labels = torch.randint(0, 12, (576,), generator=generator)
+    images = 0.3 * torch.rand(576, 1, 8, 8, generator=generator)
+    rows = torch.arange(576)
+    rows_h, rows_v = rows[labels < 6], rows[labels >= 6]
+    images[rows_h, 0, 1 + labels[rows_h], 1:7] = 1.0
+    images[rows_v, 0, 1:7, labels[rows_v] - 5] = 1.0
+    train_x, train_y, test_x, test_y = images[:384], labels[:384], images[384:], labels[384:]
+
+    torch.manual_seed(0)
+    backbone = sparse_mlp_config("debug", image_size=8, patch_size=2, in_channels=1, dim=16)
+    teacher = SparseMLPClassifier(
+        SparseMLPClassifierConfig(backbone=backbone.to_dict(), num_classes=12)
+    )
+    fit(teacher, train_x, train_y, FitConfig(epochs=6, batch_size=64, lr=5e-3),
+        show_progress=False)  # fmt: skip
+    layers = [name for name, _ in find_moe_layers(teacher)]
+    student = gather_model(teacher, GatherConfig(method="svd"))  # rank min(D, H) // E
+    kl_before = mean_kl(teacher, student, test_x)
+    acc_before = accuracy(student, test_x, test_y)
+    fit(student, train_x, train_y, FitConfig(epochs=3, batch_size=64, lr=3e-3, temperature=2.0,
+        alpha=0.5), teacher=teacher, show_progress=False)  # fmt: skip
+    kl_after = mean_kl(teacher, student, test_x)
+    print(f"  teacher: Sparse-MLP with MoE layers {layers}, {parameter_count(teacher)} parameters,"
+          f" test accuracy {accuracy(teacher, test_x, test_y):.3f}")  # fmt: skip
+    print(f"  student (SVD-KG, routers dropped): {parameter_count(student)} parameters")
+    print(f"  distillation: KL to teacher {kl_before:.4f} -> {kl_after:.4f}, "
+          f"test accuracy {acc_before:.3f} -> {accuracy(student, test_x, test_y):.3f}")  # fmt: skip
+    if find_moe_layers(student) or not kl_after < kl_before:
+        raise SystemExit("ones-distill: the student kept an MoE layer or KD did not lower the KL")
+
+
 # --------------------------------------------------------------------------- ptrain-sched
 @step("ptrain-sched", "ptrain.sched")
 def sched_step() -> None:

@@ -24,6 +24,7 @@ method returns that expert exactly; ``svd`` at full rank with ``combine="sum"`` 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +57,11 @@ METHODS = ("sum", "avg", "topk", "svd")
 COMBINES = ("sum", "mean")
 """How ``svd`` combines the experts' low-rank pieces."""
 
-_ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "silu": F.silu,
+}
 
 
 class GatherError(UserError, ValueError):
@@ -262,7 +267,7 @@ def gather_weights(
     return GatheredWeights(reduce(pieces1, dim=0), b1, reduce(pieces2, dim=0), b2)
 
 
-def _expert_tensors(layer: MoE, where: str) -> tuple[torch.Tensor, ...]:
+def _expert_tensors(layer: MoE, where: str) -> tuple[torch.Tensor | None, ...]:
     if sorted(layer.local_expert_ids) != list(range(layer.num_experts)):
         raise GatherError(
             f"{where}: holds experts {layer.local_expert_ids} of {layer.num_experts}; gathering "
@@ -290,6 +295,8 @@ def gather_layer(layer: MoE, config: GatherConfig | None = None, *, where: str =
         GatherError: experts missing (expert-parallel shard), bad rank.
     """
     w1, w2, b1, b2 = _expert_tensors(layer, where)
+    if w1 is None or w2 is None:  # a MoE layer always has both stacked weight matrices
+        raise GatherError(f"{where}: the layer has no expert weights w1/w2")
     weights = gather_weights(w1, w2, b1, b2, config, where=where)
     dense = DenseFFN(
         layer.config.dim,
