@@ -4,8 +4,8 @@
         --classifier runs/clf-bow --out packages/mred/benchmarks/results
 
 * ``classifier_val.json``: accuracy / macro-F1 of the classifier in ``--classifier`` (trained by
-  ``mred train-classifier --data DIR --model bow --out runs/clf-bow`` on the gold train subsets;
-  val is held out) on the 709 val meta-reviews (4,272 sentences).
+  ``mred train-classifier --data DIR --model bow --hold-out-val --out runs/clf-bow`` on the
+  gold train subsets; val is held out) on the 709 val meta-reviews (4,272 sentences).
 * ``extractive_val.json``: ROUGE-1/2/L (our implementation; rouge-score cross-check on one
   system when installed) of uncontrolled and controlled LexRank / TextRank / MMR on the 665
   filtered val rows (``val_longest_sent-ctrl.csv``: longest-review source, gold sent-ctrl

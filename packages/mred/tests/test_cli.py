@@ -272,3 +272,21 @@ def test_train_generator_and_generate(release: Path, tmp_path: Path) -> None:
         == 0
     )
     assert len(read_lines(pred)) == 2
+
+
+def test_training_data_without_the_full_train_split_adds_val_unless_held_out(
+    shared: Path,
+) -> None:
+    # the shared copy has the gold train subsets and val, not classification/data/train.txt
+    import argparse
+
+    from mred.cli import _load_training_data
+
+    args = argparse.Namespace(data=shared, hold_out_val=False, train_on_val=False)
+    train, dev, info = _load_training_data(args)
+    assert info["train_meta_reviews"] == len(train) == 1011 + len(dev)
+    assert any("NOT held out" in note for note in info["notes"])
+    args.hold_out_val = True
+    train, dev, info = _load_training_data(args)
+    assert len(train) == 1011 and len(dev) == 709
+    assert not any("NOT held out" in note for note in info["notes"])

@@ -93,7 +93,13 @@ def _load_training_data(args: argparse.Namespace) -> tuple[list[Any], list[Any],
             f"the full train split is absent: training on the gold train subsets "
             f"({len(train)} meta-reviews)"
         )
-    if args.train_on_val and dev:
+        if dev and not args.hold_out_val:
+            train = train + dev
+            notes.append(
+                f"val ({len(dev)} meta-reviews) is added to the training data as well: val "
+                "scores are NOT held out (--hold-out-val keeps val for evaluation)"
+            )
+    elif args.train_on_val and dev:
         train = train + dev
         notes.append("val is added to the training data: val scores are NOT held out")
     if not train and dev:
@@ -402,7 +408,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--freeze-encoder", action="store_true", help="transformer fixed, sentence vectors cached"
     )
     train.add_argument(
-        "--train-on-val", action="store_true", help="add val to training (val no longer held out)"
+        "--train-on-val",
+        action="store_true",
+        help="add val to the full train split (val no longer held out)",
+    )
+    train.add_argument(
+        "--hold-out-val",
+        action="store_true",
+        help="without the full train split, train on the gold subsets only and keep val for "
+        "evaluation (by default val is added to them, as nothing else is labelled)",
     )
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
     train.add_argument("--threads", type=_positive_int, default=None, help="torch threads (1)")
