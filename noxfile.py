@@ -171,11 +171,14 @@ class _Timer:
 # --------------------------------------------------------------------------- sessions
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff check and ruff format --check over the whole repository."""
+    """ruff check, ruff format --check, and every README results table matches its JSON."""
     with _Timer(session):
         session.install(f"ruff=={RUFF_VERSION}")
         session.run("ruff", "check", ".")
         session.run("ruff", "format", "--check", ".")
+        for name in PACKAGES:  # tables are generated from benchmarks/results/*.json, never edited
+            session.run("python", str(ROOT / "tools" / "results_table.py"),
+                        str(PACKAGES[name]["path"]), "--check")  # fmt: skip
 
 
 @nox.session
