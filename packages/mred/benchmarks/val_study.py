@@ -70,7 +70,13 @@ def main(argv: list[str] | None = None) -> int:
             ],
             "per_label_f1": {k: v["f1"] for k, v in metrics["per_label"].items()},
             "trained_on": {
-                "files": info.get("train_files"),
+                # relative to the release directory: no machine path in the committed JSON
+                "files": [
+                    str(Path(f).resolve().relative_to(Path(args.data).resolve()))
+                    if Path(f).resolve().is_relative_to(Path(args.data).resolve())
+                    else f
+                    for f in info.get("train_files") or []
+                ],
                 "meta_reviews": info.get("train_meta_reviews"),
                 "sentences": info.get("train_sentences"),
                 "notes": info.get("notes"),

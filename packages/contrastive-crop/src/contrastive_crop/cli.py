@@ -16,20 +16,11 @@ from ptrain.core.cli import (
     add_json_argument,
     add_version_argument,
     cli_entry,
+    positive_int,
     write_json,
 )
 
 PROG = "contrastive-crop"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _plain(result: dict[str, Any]) -> dict[str, Any]:
@@ -48,13 +39,13 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", default=None, help="dataset folder (CIFAR/STL binary, images)")
     parser.add_argument(
         "--num-images",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="use the first N training images (clutter-digits: make N; 2000)",
     )
     parser.add_argument(
         "--image-size",
-        type=_positive_int,
+        type=positive_int,
         default=64,
         help="resize side for --data folder (default: 64)",
     )
@@ -260,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data_arguments(pre)
     pre.add_argument("--backbone", choices=sorted(PRESETS), default="resnet18-w16")
-    pre.add_argument("--epochs", type=_positive_int, default=10, help="default: 10")
-    pre.add_argument("--batch-size", type=_positive_int, default=256, help="default: 256")
+    pre.add_argument("--epochs", type=positive_int, default=10, help="default: 10")
+    pre.add_argument("--batch-size", type=positive_int, default=256, help="default: 256")
     pre.add_argument("--optimizer", choices=("sgd", "lars"), default="sgd")
     pre.add_argument("--lr", type=float, default=0.5, help="base LR (default: 0.5, official)")
     pre.add_argument("--weight-decay", type=float, default=1e-4, help="default: 1e-4")
@@ -281,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pre.add_argument(
         "--loc-interval",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="epochs between box updates (default: 20%% of the epochs)",
     )
@@ -296,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     boxes.add_argument("--checkpoint", type=Path, required=True, help="RUN/model.pt")
     boxes.add_argument("--data", default=None, help="default: the training data of the run")
     boxes.add_argument("--root", default=None)
-    boxes.add_argument("--num-images", type=_positive_int, default=None)
+    boxes.add_argument("--num-images", type=positive_int, default=None)
     boxes.add_argument("--threshold", type=float, default=0.1, help="heatmap threshold (0.1)")
     boxes.add_argument(
         "--plot",
@@ -304,29 +295,29 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="write a PNG of images with their boxes (needs matplotlib)",
     )
-    boxes.add_argument("--plot-count", type=_positive_int, default=16, help="images in the plot")
+    boxes.add_argument("--plot-count", type=positive_int, default=16, help="images in the plot")
     add_json_argument(boxes)
 
     evaluate = commands.add_parser("eval", help="kNN (k=20, 200) and linear-probe accuracy")
     evaluate.add_argument("--checkpoint", type=Path, required=True, help="RUN/model.pt")
     evaluate.add_argument("--data", default=None, help="default: the training data of the run")
     evaluate.add_argument("--root", default=None)
-    evaluate.add_argument("--num-images", type=_positive_int, default=None)
+    evaluate.add_argument("--num-images", type=positive_int, default=None)
     evaluate.add_argument("--no-linear", action="store_true", help="skip the linear probe")
     add_json_argument(evaluate)
 
     bench = commands.add_parser("bench", help="benchmarks: crop speed, box quality")
     which = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
     crop = which.add_parser("crop", help="ContrastiveCrop vs RandomResizedCrop, µs per image")
-    crop.add_argument("--size", type=_positive_int, default=32, help="image and output side")
-    crop.add_argument("--n", type=_positive_int, default=2000, help="images per timed block")
-    crop.add_argument("--repeats", type=_positive_int, default=11, help="timed blocks (median)")
+    crop.add_argument("--size", type=positive_int, default=32, help="image and output side")
+    crop.add_argument("--n", type=positive_int, default=2000, help="images per timed block")
+    crop.add_argument("--repeats", type=positive_int, default=11, help="timed blocks (median)")
     crop.add_argument("--alpha", type=float, default=0.6, help="Beta alpha (paper: 0.6)")
     add_json_argument(crop)
     box = which.add_parser("boxes", help="box IoU with true boxes after SimCLR on clutter-digits")
-    box.add_argument("--n", type=_positive_int, default=2000, help="clutter-digits images")
-    box.add_argument("--epochs", type=_positive_int, default=3, help="default: 3")
-    box.add_argument("--batch-size", type=_positive_int, default=128, help="default: 128")
+    box.add_argument("--n", type=positive_int, default=2000, help="clutter-digits images")
+    box.add_argument("--epochs", type=positive_int, default=3, help="default: 3")
+    box.add_argument("--batch-size", type=positive_int, default=128, help="default: 128")
     box.add_argument(
         "--threshold",
         type=float,

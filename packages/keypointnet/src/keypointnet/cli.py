@@ -19,20 +19,11 @@ from ptrain.core.cli import (
     add_json_argument,
     add_version_argument,
     cli_entry,
+    positive_int,
     write_json,
 )
 
 PROG = "keypointnet"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _category(text: str) -> str:
@@ -362,11 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
         "synth", help="write synthetic shapes with keypoints in KeypointNet's formats"
     )
     synth.add_argument("--category", type=_category, required=True, help="chair, table, ...")
-    synth.add_argument("--n", type=_positive_int, required=True, help="number of models")
+    synth.add_argument("--n", type=positive_int, required=True, help="number of models")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     synth.add_argument("--out", type=Path, required=True, help="output dataset directory")
     synth.add_argument(
-        "--num-points", type=_positive_int, default=2048, help="points per PCD (default: 2048)"
+        "--num-points", type=positive_int, default=2048, help="points per PCD (default: 2048)"
     )
     add_json_argument(synth)
 
@@ -375,15 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--category", type=_category, required=True)
     train.add_argument("--task", choices=("saliency", "correspondence"), default="correspondence")
     train.add_argument("--model", choices=("pointnet", "dgcnn"), default="pointnet")
-    train.add_argument("--epochs", type=_positive_int, default=50, help="default: 50 (upstream)")
-    train.add_argument("--batch-size", type=_positive_int, default=8, help="default: 8")
+    train.add_argument("--epochs", type=positive_int, default=50, help="default: 50 (upstream)")
+    train.add_argument("--batch-size", type=positive_int, default=8, help="default: 8")
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (1e-3)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument(
-        "--num-points", type=_positive_int, default=2048, help="points per cloud (2048)"
+        "--num-points", type=positive_int, default=2048, help="points per cloud (2048)"
     )
     train.add_argument(
-        "--max-models", type=_positive_int, default=None, help="use at most N models per split"
+        "--max-models", type=positive_int, default=None, help="use at most N models per split"
     )
     train.add_argument("--out", type=Path, required=True, help="run directory (checkpoints)")
     train.add_argument(
@@ -408,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--pcd-dir", type=Path, required=True, help="folder of <synset>/<model_id>.pcd files"
     )
-    evaluate.add_argument("--k", type=_positive_int, default=20, help="k-NN graph size (20)")
+    evaluate.add_argument("--k", type=positive_int, default=20, help="k-NN graph size (20)")
     add_json_argument(evaluate)
 
     project = commands.add_parser(
@@ -428,10 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--elevation", type=float, default=65.0, help="degrees from +y (default: 65)"
     )
     project.add_argument("--distance", type=float, default=1.1, help="camera distance (1.1)")
-    project.add_argument("--size", type=_positive_int, default=256, help="image size in pixels")
+    project.add_argument("--size", type=positive_int, default=256, help="image size in pixels")
     project.add_argument(
         "--views",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="cameras evenly spaced in azimuth around the object, starting at --azimuth",
     )

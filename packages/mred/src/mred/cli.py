@@ -20,30 +20,12 @@ from ptrain.core.cli import (
     add_json_argument,
     add_version_argument,
     cli_entry,
+    positive_float,
+    positive_int,
     write_json,
 )
 
 PROG = "mred"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 def _show_progress() -> bool:
@@ -392,17 +374,17 @@ def build_parser() -> argparse.ArgumentParser:
         "transformers model directory (never downloaded); default bow",
     )
     train.add_argument("--out", type=Path, required=True, help="output classifier directory")
-    train.add_argument("--epochs", type=_positive_int, default=10, help="default: 10")
-    train.add_argument("--patience", type=_positive_int, default=3, help="early stop (3 epochs)")
+    train.add_argument("--epochs", type=positive_int, default=10, help="default: 10")
+    train.add_argument("--patience", type=positive_int, default=3, help="early stop (3 epochs)")
     train.add_argument(
-        "--lr", type=_positive_float, default=None, help="AdamW lr (bow 2e-3, tiny 1e-3, path 2e-5)"
+        "--lr", type=positive_float, default=None, help="AdamW lr (bow 2e-3, tiny 1e-3, path 2e-5)"
     )
     train.add_argument("--seed", type=int, default=42, help="default: 42 (upstream)")
-    train.add_argument("--max-length", type=_positive_int, default=64, help="tokens per sentence")
+    train.add_argument("--max-length", type=positive_int, default=64, help="tokens per sentence")
     train.add_argument(
         "--pooling", choices=("cls", "mean"), default="cls", help="transformer sentence vector"
     )
-    train.add_argument("--max-train-docs", type=_positive_int, default=None)
+    train.add_argument("--max-train-docs", type=positive_int, default=None)
     train.add_argument("--no-crf", action="store_true", help="softmax per sentence, no CRF")
     train.add_argument(
         "--freeze-encoder", action="store_true", help="transformer fixed, sentence vectors cached"
@@ -419,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluation (by default val is added to them, as nothing else is labelled)",
     )
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
-    train.add_argument("--threads", type=_positive_int, default=None, help="torch threads (1)")
+    train.add_argument("--threads", type=positive_int, default=None, help="torch threads (1)")
     add_json_argument(train)
 
     classify = commands.add_parser("classify", help="label sentences (and score labelled input)")
@@ -441,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     summarize.add_argument("--classifier", type=Path, default=None, help="labels source sentences")
     summarize.add_argument("--input", type=Path, required=True, help="generation CSV text,summary")
     summarize.add_argument("--out", type=Path, required=True, help="one summary per line")
-    summarize.add_argument("--limit", type=_positive_int, default=None, help="first N rows only")
+    summarize.add_argument("--limit", type=positive_int, default=None, help="first N rows only")
     add_json_argument(summarize)
 
     evaluate = commands.add_parser("evaluate", help="ROUGE-1/2/L F1 x 100 (+ control accuracy)")
@@ -466,14 +448,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--model", default="tiny", help="'tiny' (BartConfig, own tokenizer) or a local BART dir"
     )
-    gen.add_argument("--steps", type=_positive_int, default=200)
-    gen.add_argument("--batch-size", type=_positive_int, default=4)
-    gen.add_argument("--lr", type=_positive_float, default=1e-3)
+    gen.add_argument("--steps", type=positive_int, default=200)
+    gen.add_argument("--batch-size", type=positive_int, default=4)
+    gen.add_argument("--lr", type=positive_float, default=1e-3)
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--max-source-length", type=_positive_int, default=1024)
-    gen.add_argument("--max-target-length", type=_positive_int, default=400)
-    gen.add_argument("--save-every", type=_positive_int, default=50, help="checkpoint period")
-    gen.add_argument("--limit", type=_positive_int, default=None, help="first N rows only")
+    gen.add_argument("--max-source-length", type=positive_int, default=1024)
+    gen.add_argument("--max-target-length", type=positive_int, default=400)
+    gen.add_argument("--save-every", type=positive_int, default=50, help="checkpoint period")
+    gen.add_argument("--limit", type=positive_int, default=None, help="first N rows only")
     gen.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
     add_json_argument(gen)
 
@@ -481,10 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--model", type=Path, required=True, help="train-generator output")
     generate.add_argument("--input", type=Path, required=True, help="generation CSV")
     generate.add_argument("--out", type=Path, required=True, help="one summary per line")
-    generate.add_argument("--num-beams", type=_positive_int, default=4)
+    generate.add_argument("--num-beams", type=positive_int, default=4)
     generate.add_argument("--min-length", type=int, default=20, help="tokens (upstream 20)")
-    generate.add_argument("--max-length", type=_positive_int, default=400, help="(upstream 400)")
-    generate.add_argument("--limit", type=_positive_int, default=None)
+    generate.add_argument("--max-length", type=positive_int, default=400, help="(upstream 400)")
+    generate.add_argument("--limit", type=positive_int, default=None)
     return parser
 
 

@@ -19,40 +19,13 @@ from ptrain.core.cli import (
     add_json_argument,
     add_version_argument,
     cli_entry,
+    non_negative_int,
+    positive_float,
+    positive_int,
     write_json,
 )
 
 PROG = "ones-distill"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 def _unit_float(text: str) -> float:
@@ -76,17 +49,17 @@ def _add_data_arguments(parser: argparse.ArgumentParser, default: str | None) ->
     parser.add_argument("--data-seed", type=int, default=None, help="task seed (default 0)")
     parser.add_argument(
         "--train-size",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="training examples (synthetic: drawn; digits: a cap)",
     )
-    parser.add_argument("--test-size", type=_positive_int, default=None, help="test examples")
+    parser.add_argument("--test-size", type=positive_int, default=None, help="test examples")
 
 
 def _add_fit_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
-    parser.add_argument("--epochs", type=_positive_int, default=epochs, help=f"default {epochs}")
-    parser.add_argument("--batch-size", type=_positive_int, default=128, help="default 128")
-    parser.add_argument("--lr", type=_positive_float, default=3e-3, help="AdamW lr (cosine)")
+    parser.add_argument("--epochs", type=positive_int, default=epochs, help=f"default {epochs}")
+    parser.add_argument("--batch-size", type=positive_int, default=128, help="default 128")
+    parser.add_argument("--lr", type=positive_float, default=3e-3, help="AdamW lr (cosine)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     parser.add_argument(
         "--checkpoint-dir",
@@ -413,17 +386,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data_arguments(train, "synthetic")
     train.add_argument(
-        "--experts", type=_non_negative_int, default=8, help="experts per FFN (0: dense; default 8)"
+        "--experts", type=non_negative_int, default=8, help="experts per FFN (0: dense; default 8)"
     )
-    train.add_argument("--top-k", type=_positive_int, default=1, help="experts per token (1|2)")
+    train.add_argument("--top-k", type=positive_int, default=1, help="experts per token (1|2)")
     train.add_argument(
         "--hidden",
-        type=_positive_int,
+        type=positive_int,
         default=16,
         help="FFN hidden width (of each expert; default 16)",
     )
-    train.add_argument("--dim", type=_positive_int, default=64, help="model dim (default 64)")
-    train.add_argument("--depth", type=_positive_int, default=1, help="FFN blocks (default 1)")
+    train.add_argument("--dim", type=positive_int, default=64, help="model dim (default 64)")
+    train.add_argument("--depth", type=positive_int, default=1, help="FFN blocks (default 1)")
     _add_fit_arguments(train, epochs=20)
     train.add_argument("--out", type=Path, required=True, help="model file to write")
     add_json_argument(train)
@@ -443,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gather.add_argument(
         "--rank",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="svd rank per expert and matrix (default min(D, H) // E)",
     )
@@ -455,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gather.add_argument(
         "--neurons-per-expert",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="topk: hidden neurons kept per expert (default H / E)",
     )
@@ -468,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_arguments(distill, None)
     _add_fit_arguments(distill, epochs=10)
     distill.add_argument(
-        "--temperature", type=_positive_float, default=2.0, help="KD temperature T (default 2)"
+        "--temperature", type=positive_float, default=2.0, help="KD temperature T (default 2)"
     )
     distill.add_argument(
         "--alpha",
@@ -502,12 +475,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_arguments(report, None)
     report.add_argument(
         "--speed-repeats",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=5,
         help="timed blocks for the speedup (0: skip; default 5)",
     )
     report.add_argument(
-        "--speed-batch", type=_positive_int, default=64, help="batch for the speedup (default 64)"
+        "--speed-batch", type=positive_int, default=64, help="batch for the speedup (default 64)"
     )
     add_json_argument(report)
 
@@ -518,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     speed.add_argument(
         "--repeats",
-        type=_positive_int,
+        type=positive_int,
         default=5,
         help="timed blocks per model and batch (default 5)",
     )

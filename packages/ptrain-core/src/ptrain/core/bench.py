@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from ptrain.core import cli
+from ptrain.core.cli import positive_int
 
 __all__ = [
     "BenchResult",
@@ -269,16 +270,6 @@ def compare(
     )
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def bench_argument_parser(description: str) -> argparse.ArgumentParser:
     """Returns the parser every benchmark script starts from.
 
@@ -296,7 +287,7 @@ def bench_argument_parser(description: str) -> argparse.ArgumentParser:
     cli.add_json_argument(parser)
     parser.add_argument(
         "--repeats",
-        type=_positive_int,
+        type=positive_int,
         default=7,
         metavar="N",
         help="timed blocks per callable; the reported times are their medians (default: 7)",

@@ -27,6 +27,7 @@ import argparse
 import functools
 import importlib.metadata
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -40,6 +41,9 @@ __all__ = [
     "add_json_argument",
     "add_version_argument",
     "cli_entry",
+    "non_negative_int",
+    "positive_float",
+    "positive_int",
     "progress",
     "write_json",
 ]
@@ -147,6 +151,39 @@ def _exit_code(exit_request: SystemExit) -> int:
         return code
     print(code, file=sys.stderr)
     return 1
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=``: an integer >= 1 (else a one-line usage error naming the value)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse ``type=``: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse ``type=``: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def add_version_argument(parser: argparse.ArgumentParser, distribution: str) -> None:

@@ -7,43 +7,19 @@ Thin: each subcommand parses flags, calls the library, prints a short summary an
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Any
 
-from ptrain.core.cli import UserError, add_json_argument, add_version_argument, cli_entry
+from ptrain.core.cli import (
+    UserError,
+    add_json_argument,
+    add_version_argument,
+    cli_entry,
+    positive_float,
+    positive_int,
+)
 from ptrain.core.cli import write_json as write_json_file
 
 PROG = "ptrain-moe"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 # --------------------------------------------------------------------------- bench
@@ -113,22 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
             "einsum dispatch (capacity)."
         ),
     )
-    layer.add_argument("--tokens", type=_positive_int, default=4096, help="tokens (default 4096)")
-    layer.add_argument("--dim", type=_positive_int, default=256, help="model dim (default 256)")
-    layer.add_argument("--experts", type=_positive_int, default=8, help="experts (default 8)")
-    layer.add_argument("--top-k", type=_positive_int, default=2, help="1 or 2 (default 2)")
+    layer.add_argument("--tokens", type=positive_int, default=4096, help="tokens (default 4096)")
+    layer.add_argument("--dim", type=positive_int, default=256, help="model dim (default 256)")
+    layer.add_argument("--experts", type=positive_int, default=8, help="experts (default 8)")
+    layer.add_argument("--top-k", type=positive_int, default=2, help="1 or 2 (default 2)")
     layer.add_argument(
-        "--expert-hidden", type=_positive_int, default=512, help="expert hidden (default 512)"
+        "--expert-hidden", type=positive_int, default=512, help="expert hidden (default 512)"
     )
     layer.add_argument(
         "--capacity-factor",
-        type=_positive_float,
+        type=positive_float,
         default=1.25,
         help="capacity factor of the capacity variants (default 1.25)",
     )
     layer.add_argument(
         "--repeats",
-        type=_positive_int,
+        type=positive_int,
         default=7,
         help="timed rounds, every variant once per round (default 7)",
     )
@@ -172,7 +148,7 @@ def _add_train_commands(commands: Any) -> None:
 def _add_threads(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="torch CPU threads (default 1: small models on a shared CPU run fastest so)",
     )

@@ -21,6 +21,7 @@ from ptrain.core.cli import (
     add_json_argument,
     add_version_argument,
     cli_entry,
+    positive_int,
     write_json,
 )
 from ptrain.sched.errors import InputError
@@ -35,16 +36,6 @@ __all__ = ["main", "run_simulation"]
 PROG = "ptrain-sched"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workload",
@@ -53,8 +44,8 @@ def _add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         help="Pollux workload CSV (name,time,application,num_replicas,batch_size) "
         "or Gavel .trace file",
     )
-    parser.add_argument("--gpus", type=_positive_int, default=64, help="cluster GPUs (64)")
-    parser.add_argument("--gpus-per-node", type=_positive_int, default=4, help="GPUs per node (4)")
+    parser.add_argument("--gpus", type=positive_int, default=64, help="cluster GPUs (64)")
+    parser.add_argument("--gpus-per-node", type=positive_int, default=4, help="GPUs per node (4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of stochastic policies (0)")
     parser.add_argument(
         "--tick", type=float, default=60.0, help="seconds between scheduling ticks (60)"
@@ -78,7 +69,7 @@ def _add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         "folder with simulation_throughputs.json) instead of the packaged ones",
     )
     ones = parser.add_argument_group("ONES options")
-    ones.add_argument("--ones-population", type=_positive_int, default=16, help="K (16)")
+    ones.add_argument("--ones-population", type=positive_int, default=16, help="K (16)")
     ones.add_argument(
         "--ones-generations", type=int, default=1, help="generations per decision (1)"
     )
@@ -235,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated (default: {','.join(POLICIES)})",
     )
     cmp.add_argument(
-        "--seeds", type=_positive_int, default=1, help="seeds for ONES (stochastic), averaged (1)"
+        "--seeds", type=positive_int, default=1, help="seeds for ONES (stochastic), averaged (1)"
     )
     add_json_argument(cmp)
     cmp.add_argument(
