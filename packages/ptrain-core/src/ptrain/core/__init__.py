@@ -6,6 +6,13 @@ Modules:
                 broadcast, send/recv) and ``CommTracker`` byte accounting
     optim       LAMB, LARS, warm-up + decay schedules, batch-size LR scaling
     testing     ``run_distributed``: a fork-based multi-process harness for tests and small jobs
+    tp          1D / 2D / 2.5D / 3D tensor-parallel layers and their process groups
+    sp          sequence parallelism: ring attention and Ulysses
+    pipeline    pipeline schedules (GPipe, 1F1B, interleaved) on torch.distributed.pipelining
+    data_parallel  DDP, ZeRO-1, ZeRO-3 (fully_shard), gradient accumulation
+    dcp         sharded checkpoints through torch.distributed.checkpoint (save and reshard)
+    models      reference models (``models.gpt``: a GPT-style transformer)
+    parallel    ``parallelize(model, dims, plan)``: one entry point applied from outside a model
     checkpoint  atomic, resumable checkpoints (loaded with ``weights_only=True``)
     bench       interleaved ratio benchmarks with JSON output
     cli         helpers for package CLIs (one-line errors, ``--json``, progress, ``--version``)
@@ -26,7 +33,24 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from ptrain.core.optim import LAMB, LARS
     from ptrain.core.testing import run_distributed
 
-_SUBMODULES = frozenset({"bench", "checkpoint", "cli", "comm", "dist", "optim", "testing"})
+_SUBMODULES = frozenset(
+    {
+        "bench",
+        "checkpoint",
+        "cli",
+        "comm",
+        "data_parallel",
+        "dcp",
+        "dist",
+        "models",
+        "optim",
+        "parallel",
+        "pipeline",
+        "sp",
+        "testing",
+        "tp",
+    }
+)
 _NAMES = {
     "Checkpointer": "checkpoint",
     "load_checkpoint": "checkpoint",
@@ -38,6 +62,7 @@ _NAMES = {
     "LAMB": "optim",
     "LARS": "optim",
     "run_distributed": "testing",
+    "parallelize": "parallel",
 }
 
 
