@@ -285,11 +285,40 @@ def synthetic_batch(
 
 
 def _normal_(tensor: torch.Tensor, std: float, generator: torch.Generator | None) -> None:
+    """Fill ``tensor`` with normal(0, std) values; seeded values do not depend on the layout.
+
+    A sharded parameter gets its slice of the values the unsharded one would get: a DTensor
+    (torch tensor parallelism, FSDP) through ``distribute_tensor`` without communication; a
+    plain local shard that carries a ``shard_from_full(full) -> local`` attribute through it.
+    Only one full tensor exists at a time, never the full model.
+    """
     if generator is None:
         nn.init.normal_(tensor, 0.0, std)
-    else:
-        values = torch.randn(tensor.shape, generator=generator, dtype=torch.float32)
-        tensor.copy_(values.mul_(std))
+        return
+    shape = _global_shape(tensor)
+    values = torch.randn(shape, generator=generator, dtype=torch.float32).mul_(std)
+    tensor.copy_(_local_values(tensor, values))
+
+
+def _global_shape(tensor: torch.Tensor) -> torch.Size:
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(tensor, DTensor):
+        return tensor.shape
+    full_shape = getattr(tensor, "full_shape", None)
+    return torch.Size(full_shape) if full_shape is not None else tensor.shape
+
+
+def _local_values(tensor: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(tensor, DTensor):
+        values = values.to(device=tensor.device, dtype=tensor.dtype)
+        return distribute_tensor(values, tensor.device_mesh, tensor.placements, src_data_rank=None)
+    shard_from_full = getattr(tensor, "shard_from_full", None)
+    if shard_from_full is not None:
+        return shard_from_full(values)
+    return values
 
 
 class _nullcontext:
