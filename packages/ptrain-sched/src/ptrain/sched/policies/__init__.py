@@ -55,4 +55,5 @@ def make_policy(
         return OptimusPolicy()
     if name == "pollux":
         return PolluxPolicy(restart_penalty=restart_penalty)
+    options.setdefault("restart_penalty", restart_penalty)
     return OnesPolicy(seed=seed, **options)

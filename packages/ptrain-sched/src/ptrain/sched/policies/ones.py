@@ -33,13 +33,14 @@ sample with ``a`` = epochs done and mean ρ̂ (the artifact samples its Beta too
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ptrain.sched.policies.base import online_table, place
-from ptrain.sched.types import Allocation, JobView, SchedulerState
+from ptrain.sched.policies.base import online_table, packed_nodes, place
+from ptrain.sched.types import Allocation, JobAssignment, JobView, SchedulerState
 
 __all__ = ["OnesPolicy", "ones_batch_size"]
 
@@ -95,6 +96,14 @@ class OnesPolicy:
     predictor: str = "history"
     sample_prediction: bool = True
     update_guard: str = "global"
+    fitness: str = "gpu-time"
+    growth: str = "epochs"
+    rates: str = "table"
+    batch_rule: str = "linear"
+    seed_greedy: bool = False
+    restart_penalty: float = 30.0
+    restart_weight: float = 1.0
+    prior_seconds: float = 3600.0
     seed: int = 0
     name: str = "ones"
     _rng: np.random.Generator = field(init=False, repr=False)
@@ -105,6 +114,9 @@ class OnesPolicy:
     _first_start: dict[int, float] = field(default_factory=dict, init=False, repr=False)
     _last_gpus: dict[int, int] = field(default_factory=dict, init=False, repr=False)
     _table_cache: dict[tuple[object, ...], np.ndarray] = field(
+        default_factory=dict, init=False, repr=False
+    )
+    _model_cache: dict[tuple[object, ...], tuple[np.ndarray, np.ndarray]] = field(
         default_factory=dict, init=False, repr=False
     )
 
@@ -121,10 +133,24 @@ class OnesPolicy:
             )
         if self.predictor not in ("history", "oracle"):
             raise ValueError(f"predictor must be 'history' or 'oracle', got {self.predictor!r}")
-        if self.update_guard not in ("global", "per-job"):
-            raise ValueError(
-                f"update_guard must be 'global' or 'per-job', got {self.update_guard!r}"
-            )
+        choices = {
+            "update_guard": ("global", "per-job", "none"),
+            "fitness": ("gpu-time", "jct"),
+            "growth": ("epochs", "none"),
+            "rates": ("table", "model"),
+            "batch_rule": ("linear", "goodput"),
+        }
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(
+                    f"{name} must be one of {', '.join(valid)}, got {getattr(self, name)!r}"
+                )
+        if self.restart_weight < 0:
+            raise ValueError(f"restart_weight must be >= 0, got {self.restart_weight}")
+        if self.restart_penalty < 0:
+            raise ValueError(f"restart_penalty must be >= 0, got {self.restart_penalty}")
+        if not self.prior_seconds > 0:
+            raise ValueError(f"prior_seconds must be > 0, got {self.prior_seconds}")
         if self.epoch_samples is not None and self.epoch_samples <= 0:
             raise ValueError(f"epoch_samples must be > 0, got {self.epoch_samples}")
         self._rng = np.random.default_rng(self.seed)
@@ -155,15 +181,18 @@ class OnesPolicy:
             epochs = self.epochs(job)
             limit = min(cluster_size, self.max_request_factor * job.spec.num_gpus)
             if jid not in self._caps:
-                self._caps[jid] = 1
+                self._caps[jid] = 1 if self.growth == "epochs" else limit
                 self._cap_epoch[jid] = epochs
                 self._pending[jid] = 1
+            if self.growth == "none":
+                self._caps[jid] = limit
             if job.num_gpus > 0:
                 self._first_start.setdefault(jid, state.now)
                 self._pending[jid] = job.num_gpus
                 running.append(job)
                 if (
-                    job.num_gpus >= self._caps[jid]
+                    self.growth == "epochs"
+                    and job.num_gpus >= self._caps[jid]
                     and epochs - self._cap_epoch[jid] >= self.epochs_before_scaling
                 ):
                     self._caps[jid] = min(2 * self._caps[jid], limit)
@@ -288,6 +317,142 @@ class OnesPolicy:
             out[row, free[: len(genes)]] = genes
         return out if chromosomes.ndim == 2 else out[0]
 
+    # ------------------------------------------------------------------ JCT fitness
+    def _predict_all(self, state: SchedulerState, rates_one: dict[int, float]) -> dict[int, float]:
+        """Predicted remaining work of every active job (``fitness="jct"``).
+
+        ``"oracle"``: the true remaining work. ``"history"``: the mean total work of finished jobs
+        of the same application (ρ̂ = done / mean, a Beta sample around it when
+        ``sample_prediction``); without a finished job of the application the job is assumed to
+        need ``max(work done, prior_seconds on one GPU)`` more.
+        """
+        history: dict[str, list[float]] = {}
+        for finished in state.finished:
+            history.setdefault(finished.application, []).append(finished.work)
+        mean_total = {app: sum(works) / len(works) for app, works in history.items()}
+        out = {}
+        for job in state.jobs:
+            jid = job.job_id
+            if self.predictor == "oracle" and job.remaining_work is not None:
+                out[jid] = max(job.remaining_work, 1e-9)
+                continue
+            done = job.work_done
+            total = mean_total.get(job.spec.application)
+            if total is None:
+                out[jid] = max(done, self.prior_seconds * rates_one.get(jid, 0.0), 1e-9)
+                continue
+            if self.sample_prediction and done > 0:
+                rho = min(max(done / max(total, 1e-12), 0.01), 0.99)
+                a = max(self.epochs(job), 0.5)
+                rho = float(min(max(self._rng.beta(a, a * (1.0 / rho - 1.0)), 1e-3), 0.999))
+                out[jid] = done * (1.0 / rho - 1.0)
+            else:
+                out[jid] = max(total - done, 0.01 * total)
+        return out
+
+    def _rate_table(self, job: JobView, state: SchedulerState, cap: int) -> np.ndarray:
+        """Progress/s of ``job`` on 0..cap GPUs under this policy's batch rule.
+
+        ``rates="model"`` with a job model: the model's rate at the batch of ``batch_rule``
+        (consolidated placement), cached per application, 5% of training, cap and batch rule;
+        otherwise ONES's online table of measured rates.
+        """
+        sizes = np.arange(cap + 1)
+        if self.rates != "model" or job.model is None:
+            key = (job.job_id, cap, tuple(sorted(job.throughput_history.items())))
+            table = self._table_cache.get(key)
+            if table is None:
+                table = self._table_cache[key] = online_table(job.throughput_history, sizes)
+            return table
+        model = job.model
+        bucket = int(20 * min(job.work_done / max(model.total_work, 1e-12), 1.0))
+        per_gpu = max(job.spec.batch_size // job.spec.num_gpus, 1)
+        key2 = (id(model), bucket, cap, state.cluster.gpus_per_node, self.batch_rule, per_gpu)
+        cached = self._model_cache.get(key2)
+        if cached is None:
+            work = model.total_work * bucket / 20
+            rates = np.zeros(cap + 1)
+            for n in range(1, cap + 1):
+                nodes = packed_nodes(n, state.cluster)
+                if self.batch_rule == "goodput":
+                    b = model.best_batch(n, nodes, work)
+                else:
+                    b = ones_batch_size(job, n, self.lr_scale_cap)
+                rates[n] = model.rate(n, nodes, b, work).progress_per_s
+            cached = self._model_cache[key2] = (rates, sizes)
+        return cached[0]
+
+    def _jct_table(
+        self, jobs: list[JobView], state: SchedulerState, caps: np.ndarray, size: int
+    ) -> tuple[np.ndarray, dict[int, float]]:
+        """Fitness table for ``fitness="jct"``: table[j, n] = −1 / T_j(n), 0 for n = 0.
+
+        T_j(n) = predicted remaining work / rate on n GPUs, plus ``restart_penalty`` when n
+        differs from the GPUs the job holds now (every start or resize restarts the job).
+        Minimising Σ_j table[j, n_j] maximises the rate at which jobs are predicted to complete,
+        which favours short jobs as SRTF does and charges every reconfiguration. Also trims each
+        job's cap to the GPU count of its highest rate (more GPUs would only slow it down).
+        Returns the table and each job's predicted remaining time on one GPU.
+        """
+        max_cap = int(caps.max())
+        rate_rows = {
+            job.job_id: self._rate_table(job, state, int(caps[job.job_id])) for job in jobs
+        }
+        rates_one = {jid: float(r[1]) if len(r) > 1 else 0.0 for jid, r in rate_rows.items()}
+        remaining = self._predict_all(state, rates_one)
+        table = np.zeros((size, max_cap + 1))
+        one_gpu_time = {}
+        for job in jobs:
+            jid = job.job_id
+            rates = rate_rows[jid]
+            if len(rates) < 2 or rates.max() <= 0:
+                continue
+            cap = int(caps[jid])
+            best = int(np.argmax(rates[1 : cap + 1])) + 1
+            caps[jid] = best
+            with np.errstate(divide="ignore"):
+                times = remaining[jid] / np.maximum(rates[1 : best + 1], 1e-300)
+            penalty = np.full(best, self.restart_weight * self.restart_penalty)
+            if 1 <= job.num_gpus <= best:
+                penalty[job.num_gpus - 1] = 0.0
+            table[jid, 1 : best + 1] = -1.0 / (times + penalty)
+            table[jid, best + 1 :] = table[jid, best]
+            one_gpu_time[jid] = float(times[0])
+        return table, one_gpu_time
+
+    @staticmethod
+    def greedy_counts(
+        table: np.ndarray, caps: np.ndarray, job_ids: list[int], slots: int, start: np.ndarray
+    ) -> np.ndarray:
+        """Greedy minimisation of Σ_j table[j, n_j]: from ``start``, repeatedly give the job with
+        the largest fitness drop per GPU (looking ahead over several GPUs, as restarts make the
+        table non-convex) that many more GPUs, while free GPUs remain."""
+        counts = start.copy()
+        free = slots - int(counts.sum())
+        heap: list[tuple[float, int, int]] = []
+
+        def push(jid: int) -> None:
+            n = int(counts[jid])
+            top = min(int(caps[jid]), n + free)
+            if top <= n:
+                return
+            gains = (table[jid, n] - table[jid, n + 1 : top + 1]) / np.arange(1, top - n + 1)
+            k = int(np.argmax(gains))
+            if gains[k] > 0:
+                heapq.heappush(heap, (-float(gains[k]), jid, k + 1))
+
+        for jid in job_ids:
+            push(jid)
+        while heap and free > 0:
+            _, jid, k = heapq.heappop(heap)
+            if k > free:
+                push(jid)  # recompute within the GPUs left
+                continue
+            counts[jid] += k
+            free -= k
+            push(jid)
+        return counts
+
     # ------------------------------------------------------------------ decide
     def decide(self, state: SchedulerState) -> Allocation:
         cluster = state.cluster
@@ -299,7 +464,6 @@ class OnesPolicy:
         self._update_caps(state)
         if len(self._table_cache) > 8 * len(jobs) + 1024:  # forget stale throughput tables
             self._table_cache.clear()
-        remaining = self._remaining_work(state)
         size = max(j.job_id for j in jobs) + 1
         caps = np.zeros(size, dtype=np.int64)
         pending = np.zeros(size, dtype=np.int64)
@@ -310,24 +474,12 @@ class OnesPolicy:
             pending[job.job_id] = self._pending[job.job_id]
             protected[job.job_id] = self.epochs(job) < self.epochs_before_scaling
             active[job.job_id] = True
-        # GPU-time table: gpu_time[j, n] = n · remaining_j / x_j(n), 0 without a prediction.
-        max_cap = int(caps.max())
-        sizes = np.arange(max_cap + 1)
-        gpu_time = np.zeros((size, max_cap + 1))
-        one_gpu_time = {}
-        for job in jobs:
-            work = remaining.get(job.job_id)
-            if work is None:
-                continue
-            key = (job.job_id, max_cap, tuple(sorted(job.throughput_history.items())))
-            rates = self._table_cache.get(key)
-            if rates is None:
-                rates = self._table_cache[key] = online_table(job.throughput_history, sizes)
-            if rates[1] <= 0:
-                continue
-            with np.errstate(divide="ignore", invalid="ignore"):
-                gpu_time[job.job_id, 1:] = sizes[1:] * work / rates[1:]
-            one_gpu_time[job.job_id] = work / rates[1]
+        if self.fitness == "jct":
+            table, one_gpu_time = self._jct_table(jobs, state, caps, size)
+            max_cap = table.shape[1] - 1
+        else:
+            table, one_gpu_time = self._gpu_time_table(jobs, state, caps, size)
+            max_cap = table.shape[1] - 1
         new_jobs = np.array(
             [j.job_id for j in jobs if j.job_id not in one_gpu_time and not j.ever_ran],
             dtype=np.int64,
@@ -358,7 +510,22 @@ class OnesPolicy:
             held = candidates >= 0
             keys = (np.arange(rows)[:, None] * size + np.where(held, candidates, 0))[held]
             counts = np.bincount(keys, minlength=rows * size).reshape(rows, size)
-            return gpu_time[job_index, np.minimum(counts, max_cap)].sum(axis=1)
+            return table[job_index, np.minimum(counts, max_cap)].sum(axis=1)
+
+        seeds = np.empty((0, slots), dtype=np.int64)
+        if self.seed_greedy:
+            ids = [j.job_id for j in jobs]
+            now_counts = np.zeros(size, dtype=np.int64)
+            for job in jobs:
+                now_counts[job.job_id] = min(job.num_gpus, int(caps[job.job_id]))
+            rows = []
+            for start in (np.zeros(size, dtype=np.int64), now_counts):
+                counts = self.greedy_counts(table, caps, ids, slots, start)
+                row = np.full(slots, -1, dtype=np.int64)
+                genes = np.repeat(np.arange(size), counts)
+                row[: len(genes)] = genes
+                rows.append(row)
+            seeds = np.stack(rows)
 
         half = self.population_size // 2
         for _ in range(self.generations_per_decision):
@@ -374,6 +541,7 @@ class OnesPolicy:
                 pending,
                 caps,
             )
+            candidates = np.concatenate([candidates, seeds])
             scores = fitness(candidates)
             best = np.argsort(scores, kind="stable")[: self.population_size]
             population = candidates[best]
@@ -389,7 +557,7 @@ class OnesPolicy:
             if by_id[jid].epochs_at_last_change is not None
             and self.epochs(by_id[jid]) - self._epochs_at(by_id[jid]) < self.update_interval_epochs
         ]
-        if not locked:
+        if not locked or self.update_guard == "none":
             counts = {int(j): int(target[j]) for j in np.flatnonzero(target)}
         elif self.update_guard == "per-job":
             # Locked jobs keep their GPUs; the others follow the best individual where it fits.
@@ -411,7 +579,46 @@ class OnesPolicy:
                     counts[job_id] = n
                     free -= n
         batches = {j: ones_batch_size(by_id[j], n, self.lr_scale_cap) for j, n in counts.items()}
-        return place(counts, batches, state.current, cluster)
+        allocation = place(counts, batches, state.current, cluster)
+        if self.batch_rule == "linear":
+            return allocation
+        out = {}
+        for job_id, assignment in allocation.jobs.items():
+            job = by_id[job_id]
+            batch = assignment.batch_size
+            if job.model is not None:
+                nodes = cluster.nodes_spanned(assignment.slots)
+                batch = job.model.best_batch(assignment.num_gpus, nodes, job.work_done)
+            out[job_id] = JobAssignment(slots=assignment.slots, batch_size=int(batch))
+        return Allocation(out)
+
+    def _gpu_time_table(
+        self, jobs: list[JobView], state: SchedulerState, caps: np.ndarray, size: int
+    ) -> tuple[np.ndarray, dict[int, float]]:
+        """The artifact's fitness table: table[j, n] = n · remaining_j / x_j(n) (GPU-time), 0
+        for jobs without a prediction; and each predicted job's remaining time on one GPU."""
+        remaining = self._remaining_work(state)
+        max_cap = int(caps.max())
+        sizes = np.arange(max_cap + 1)
+        gpu_time = np.zeros((size, max_cap + 1))
+        one_gpu_time = {}
+        for job in jobs:
+            work = remaining.get(job.job_id)
+            if work is None:
+                continue
+            if self.rates == "model" and job.model is not None:
+                rates = self._rate_table(job, state, max_cap)
+            else:
+                key = (job.job_id, max_cap, tuple(sorted(job.throughput_history.items())))
+                rates = self._table_cache.get(key)
+                if rates is None:
+                    rates = self._table_cache[key] = online_table(job.throughput_history, sizes)
+            if rates[1] <= 0:
+                continue
+            with np.errstate(divide="ignore", invalid="ignore"):
+                gpu_time[job.job_id, 1:] = sizes[1:] * work / rates[1:]
+            one_gpu_time[job.job_id] = work / rates[1]
+        return gpu_time, one_gpu_time
 
     def _epochs_at(self, job: JobView) -> float:
         """The job's epoch count (in this policy's epochs) at its last change."""
