@@ -162,7 +162,7 @@ def save(
     state: dict[str, Any] = {"model": model_state_dict(model)}
     if optimizer is not None:
         state["optim"] = _optimizer_state(model, optimizer)
-    dcp.save(state, checkpoint_id=str(partial))
+    dcp.save(state, checkpoint_id=str(partial), no_dist=not _distributed())
     _barrier()
     if _rank() == 0:
         info = {"step": int(step), "has_optimizer": optimizer is not None}
@@ -241,7 +241,7 @@ def load(
     if optimizer is not None:
         state["optim"] = _optimizer_state(model, optimizer)
     try:
-        dcp.load(state, checkpoint_id=str(path))
+        dcp.load(state, checkpoint_id=str(path), no_dist=not _distributed())
     except Exception as error:  # DCP wraps per-rank failures; keep one readable line
         first = str(error).strip().splitlines()
         detail = first[0] if first else type(error).__name__
