@@ -1,0 +1,156 @@
+"""Pipeline schedules against the serial GPT; the splitter; the bubble benchmark."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ptrain.core.models.gpt import GPT, GPTConfig, synthetic_batch
+from ptrain.core.pipeline import ScheduleName, build_pipeline, partition_blocks, split_model
+from ptrain.core.pipeline_bench import measure_bubble, run_pipeline_bench
+from ptrain.core.testing import run_distributed
+
+ATOL = 1e-12
+BATCH = 8
+MICROBATCHES = 4
+
+
+def _config() -> GPTConfig:
+    return GPTConfig.debug(n_layers=4)
+
+
+def _serial_loss_and_grads() -> tuple[float, dict[str, torch.Tensor]]:
+    """The serial model's mean loss over the full batch and its gradients (fp64)."""
+    config = _config()
+    tokens, targets = synthetic_batch(config, batch_size=BATCH, seed=1)
+    model = GPT(config).double()
+    model.init_weights(seed=0)
+    loss = F.cross_entropy(model(tokens).flatten(0, 1), targets.flatten())
+    loss.backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    return loss.item(), grads
+
+
+def _pipeline_rank(rank: int, world_size: int, schedule: ScheduleName) -> tuple[float, dict]:
+    torch.set_default_dtype(torch.float64)
+    config = _config()
+    tokens, targets = synthetic_batch(config, batch_size=BATCH, seed=1)
+    model = GPT(config, device="meta")  # no full copy: this rank materialises its stages only
+    pipe = build_pipeline(
+        model,
+        None,
+        schedule=schedule,
+        microbatches=MICROBATCHES,
+        init_seed=0,
+    )
+    held = sum(p.numel() for p in pipe.parameters())
+    assert held < config.num_params(), "a stage holds the whole model"
+    # two steps: the second must not accumulate into the first's grads
+    pipe.step(tokens, target=targets)
+    loss = pipe.step(tokens, target=targets)
+    return loss.item(), {name: p.grad for name, p in pipe.named_parameters()}
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize(
+    ("schedule", "stages"),
+    # interleaved on 4 ranks needs 8 blocks: test_interleaved_four_ranks_two_chunks_...
+    [("gpipe", 2), ("1f1b", 2), ("interleaved", 2), ("gpipe", 4), ("1f1b", 4)],
+)
+def test_schedule_matches_serial_loss_and_grads(schedule: ScheduleName, stages: int) -> None:
+    serial_loss, serial_grads = _serial_loss_and_grads()
+    results = run_distributed(_pipeline_rank, stages, schedule, timeout=90)
+    merged: dict[str, torch.Tensor] = {}
+    for loss, grads in results:
+        # every rank reports the mean loss over the full batch (not the sum over micro-batches)
+        assert loss == pytest.approx(serial_loss, abs=ATOL)
+        assert not merged.keys() & grads.keys(), "a parameter lives on two stages"
+        merged.update(grads)
+    assert merged.keys() == serial_grads.keys()
+    for name, grad in serial_grads.items():
+        torch.testing.assert_close(merged[name], grad, atol=ATOL, rtol=0, msg=name)
+
+
+def _interleaved_four(rank: int, world_size: int) -> tuple[float, dict]:
+    torch.set_default_dtype(torch.float64)
+    config = GPTConfig.debug(n_layers=8)
+    tokens, targets = synthetic_batch(config, batch_size=BATCH, seed=1)
+    pipe = build_pipeline(
+        GPT(config, device="meta"), None, schedule="interleaved", microbatches=4, init_seed=0
+    )
+    assert [m.stage_index for m in pipe.modules] == [rank, rank + 4]
+    loss = pipe.step(tokens, target=targets)
+    return loss.item(), {name: p.grad for name, p in pipe.named_parameters()}
+
+
+@pytest.mark.distributed
+def test_interleaved_four_ranks_two_chunks_matches_serial() -> None:
+    config = GPTConfig.debug(n_layers=8)
+    tokens, targets = synthetic_batch(config, batch_size=BATCH, seed=1)
+    model = GPT(config).double()
+    model.init_weights(seed=0)
+    loss = F.cross_entropy(model(tokens).flatten(0, 1), targets.flatten())
+    loss.backward()
+    merged: dict[str, torch.Tensor] = {}
+    for rank_loss, grads in run_distributed(_interleaved_four, 4, timeout=90):
+        assert rank_loss == pytest.approx(loss.item(), abs=ATOL)
+        merged.update(grads)
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(merged[name], parameter.grad, atol=ATOL, rtol=0, msg=name)
+
+
+def test_partition_blocks_is_contiguous_and_balanced() -> None:
+    assert partition_blocks(10, 4) == [range(0, 3), range(3, 6), range(6, 8), range(8, 10)]
+    with pytest.raises(ValueError, match="cannot split 2 blocks into 4 pipeline stages"):
+        partition_blocks(2, 4)
+
+
+def test_split_model_keeps_serial_names_and_values() -> None:
+    model = GPT(_config())
+    chunks = split_model(model, 2, [0, 1])
+    serial = model.state_dict()
+    names = [set(chunk.state_dict()) for chunk in chunks]
+    assert names[0] | names[1] == set(serial) and not names[0] & names[1]
+    assert "tok_emb.weight" in names[0] and "head.weight" in names[1]
+    assert "blocks.3.mlp.fc2.weight" in names[1]
+    for chunk in chunks:
+        for name, value in chunk.state_dict().items():
+            assert torch.equal(value, serial[name])
+    tokens, _ = synthetic_batch(_config(), batch_size=2, seed=0)
+    torch.testing.assert_close(chunks[1](chunks[0](tokens)), model(tokens), atol=0, rtol=0)
+
+
+def _bad_microbatches(rank: int, world_size: int) -> str:
+    with pytest.raises(ValueError, match="multiple of the pipeline size") as info:
+        build_pipeline(GPT(_config()), None, schedule="interleaved", microbatches=3)
+    return str(info.value)
+
+
+@pytest.mark.distributed
+def test_interleaved_needs_microbatches_multiple_of_stages() -> None:
+    run_distributed(_bad_microbatches, 2, timeout=60)
+
+
+def test_measure_bubble_on_a_hand_made_gpipe_timeline() -> None:
+    # 2 stages, 2 micro-batches, forward 1, backward 2 (unit time): makespan 9, busy 6 each
+    stage0: list[tuple[str, float, float]] = [("f", 0, 1), ("f", 1, 2), ("b", 5, 7), ("b", 7, 9)]
+    stage1: list[tuple[str, float, float]] = [("f", 1, 2), ("f", 2, 3), ("b", 3, 5), ("b", 5, 7)]
+    assert measure_bubble([[stage0], [stage1]]) == pytest.approx(0.5)  # (p − 1)/m = 1/2
+
+
+@pytest.mark.distributed
+def test_pipeline_bench_bubble_is_close_to_formula() -> None:
+    rows = run_pipeline_bench(stages=2, microbatches=4, forward_s=0.01, steps=2, timeout=90)
+    assert [row["schedule"] for row in rows] == ["gpipe", "1f1b"]
+    for row in rows:
+        assert list(row) == [
+            "schedule",
+            "stages",
+            "microbatches",
+            "measured_bubble",
+            "formula_bubble",
+        ]
+        assert row["formula_bubble"] == 0.25
+        # a loose bound (not a timing test): overheads only ever add bubble
+        assert 0.2 <= row["measured_bubble"] <= 0.6, row

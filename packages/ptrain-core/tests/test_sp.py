@@ -1,0 +1,118 @@
+"""Ring and Ulysses sequence parallelism against plain scaled_dot_product_attention and the GPT."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ptrain.core import comm, sp
+from ptrain.core.models.gpt import GPT, GPTConfig, synthetic_batch
+from ptrain.core.testing import run_distributed
+
+pytestmark = pytest.mark.distributed
+
+ATOL = 1e-10
+
+
+def _attention_errors(
+    rank: int, world_size: int, kind: str, causal: bool
+) -> tuple[list[float], dict[str, int]]:
+    generator = torch.Generator().manual_seed(0)
+    # (B, H, S, D) with S = 24: 12 or 6 positions per rank
+    q, k, v, grad = (
+        torch.randn(2, 4, 24, 8, generator=generator, dtype=torch.float64) for _ in range(4)
+    )
+    ref_q, ref_k, ref_v = (t.clone().requires_grad_() for t in (q, k, v))
+    reference = F.scaled_dot_product_attention(ref_q, ref_k, ref_v, is_causal=causal)
+    reference.backward(grad)
+
+    def local(t: torch.Tensor) -> torch.Tensor:
+        return sp.shard_sequence(t, None, seq_dim=2)[0]
+
+    local_q, local_k, local_v = (local(t).clone().requires_grad_() for t in (q, k, v))
+    attention: torch.nn.Module = (
+        sp.RingAttention(None, causal) if kind == "ring" else sp.UlyssesAttention(None, causal)
+    )
+    with comm.CommTracker() as tracker:
+        out = attention(local_q, local_k, local_v)
+        out.backward(local(grad))
+    errors = [(out - local(reference)).abs().max().item()]
+    for mine, ref in ((local_q, ref_q), (local_k, ref_k), (local_v, ref_v)):
+        assert mine.grad is not None and ref.grad is not None
+        errors.append((mine.grad - local(ref.grad)).abs().max().item())
+    calls = {op: entry["calls"] for op, entry in tracker.as_dict().items()}
+    return errors, calls
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("kind", ["ring", "ulysses"])
+def test_attention_equals_sdpa(kind: str, causal: bool, world_size: int) -> None:
+    results = run_distributed(_attention_errors, world_size, kind, causal, timeout=60)
+    for rank, (errors, calls) in enumerate(results):
+        assert max(errors) < ATOL, f"rank {rank}: out/dq/dk/dv errors {errors}"
+        if kind == "ring":
+            # P−1 K/V hops forward; P−1 hops of (K, V, dK, dV) + 1 hop home backward
+            assert calls == {"send_recv": 2 * world_size - 1}, calls
+        else:
+            # one all-to-all in (q, k, v stacked), one out, and the same two in backward
+            assert calls == {"all_to_all": 4}, calls
+
+
+def _uneven(rank: int, world_size: int) -> str:
+    tokens = torch.zeros(2, 30, dtype=torch.long)
+    with pytest.raises(ValueError, match="sequence length 30 is not divisible") as info:
+        sp.shard_sequence(tokens, None)
+    return str(info.value)
+
+
+def test_sequence_not_divisible_by_ring_size_is_a_clear_error() -> None:
+    messages = run_distributed(_uneven, 4, timeout=60)
+    assert "group size 4" in messages[0]
+
+
+def _bad_heads(rank: int, world_size: int) -> None:
+    q = torch.randn(1, 3, 4, 8)  # 3 heads over 2 ranks
+    with pytest.raises(ValueError, match=r"heads on this rank \(3\) to be divisible"):
+        sp.ulysses_attention(q, q, q, None)
+
+
+def test_ulysses_heads_not_divisible_is_a_clear_error() -> None:
+    run_distributed(_bad_heads, 2, timeout=60)
+
+
+def _gpt_sequence_parallel(rank: int, world_size: int, kind: str) -> dict[str, float]:
+    torch.set_default_dtype(torch.float64)
+    config = GPTConfig.debug()
+    tokens, targets = synthetic_batch(config, batch_size=2, seed=3)
+    serial = GPT(config)
+    serial.init_weights(seed=0)
+    serial_loss = F.cross_entropy(serial(tokens).flatten(0, 1), targets.flatten())
+    serial_loss.backward()
+
+    model = GPT(config)
+    model.init_weights(seed=0)
+    for block in model.blocks:
+        core = sp.RingAttention(None) if kind == "ring" else sp.UlyssesAttention(None)
+        block.get_submodule("attn").core = core
+    local_tokens, positions = sp.shard_sequence(tokens, None)
+    local_targets, _ = sp.shard_sequence(targets, None)
+    logits = model(local_tokens, position_ids=positions)  # (B, S/P, V)
+    local_loss = F.cross_entropy(logits.flatten(0, 1), local_targets.flatten())
+    local_loss.backward()
+    sp.average_gradients(model, None)
+    loss = comm.all_reduce(local_loss.detach(), op="avg")
+    grad_error = max(
+        (mine.grad - ref.grad).abs().max().item()
+        for mine, ref in zip(model.parameters(), serial.parameters(), strict=True)
+        if mine.grad is not None and ref.grad is not None
+    )
+    return {"loss": loss.item(), "serial": serial_loss.item(), "grad_error": grad_error}
+
+
+@pytest.mark.parametrize("kind", ["ring", "ulysses"])
+def test_gpt_with_sequence_parallel_core_equals_serial(kind: str) -> None:
+    for result in run_distributed(_gpt_sequence_parallel, 4, kind, timeout=90):
+        assert abs(result["loss"] - result["serial"]) < ATOL
+        assert result["grad_error"] < ATOL, result
