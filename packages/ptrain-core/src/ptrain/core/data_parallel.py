@@ -41,6 +41,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal, cast
@@ -58,6 +59,7 @@ __all__ = [
     "DP_MODES",
     "DPMode",
     "GradientAllReduce",
+    "LocalShardOptimizer",
     "ZeroRedundancyOptimizer",
     "accumulate_gradients",
     "apply_data_parallel",
@@ -185,7 +187,7 @@ def apply_ddp(model: nn.Module, group: GroupLike, *, broadcast: bool = True) -> 
             _broadcast_parameters(model, pg)
         GradientAllReduce(model, pg)
         return model
-    return DistributedDataParallel(model, process_group=pg, broadcast_buffers=False)
+    return DistributedDataParallel(model, process_group=pg)
 
 
 def _check_materialised(model: nn.Module, where: str) -> None:
@@ -276,18 +278,18 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
         params: parameters or param-group dicts (group hyperparameters are kept).
         optimizer_class: the optimizer to run on this rank's tensors, e.g. ``torch.optim.AdamW``
             or ``ptrain.core.optim.LAMB``.
-        group: the data-parallel process group (or a 1-D mesh) the state is sharded over.
+        process_group: the data-parallel process group (or a 1-D mesh) the state is sharded over.
         **optimizer_kwargs: passed to ``optimizer_class``.
     """
 
     def __init__(
         self,
         params: Iterable[Any],
-        optimizer_class: type[torch.optim.Optimizer],
-        group: GroupLike = None,
+        optimizer_class: Callable[..., torch.optim.Optimizer],
+        process_group: GroupLike = None,
         **optimizer_kwargs: Any,
     ) -> None:
-        self.process_group = _process_group(group)
+        self.process_group = _process_group(process_group)
         self.rank = dist.get_rank(self.process_group)
         self.world_size = dist.get_world_size(self.process_group)
         groups = list(params)
@@ -304,7 +306,7 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
             local_groups.append({**g, "params": mine})
         # An optimizer over no tensors raises in torch; keep empty groups out but remember them.
         non_empty = [g for g in local_groups if g["params"]]
-        placeholder = torch.zeros(0, requires_grad=True)
+        placeholder = torch.zeros(0)  # no grad: never stepped, never in a state dict
         self.optim = optimizer_class(non_empty or [{"params": [placeholder]}], **optimizer_kwargs)
         self._all_params = all_params
         super().__init__(param_groups, dict(self.optim.defaults))
@@ -387,6 +389,173 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
 
 
 # ---------------------------------------------------------------------------------------------
+# Norm-based optimizers (LAMB, LARS) on DTensor parameters
+# ---------------------------------------------------------------------------------------------
+
+
+def _shard_group(param: Tensor) -> tuple[Any, ...]:
+    """A key naming the ranks ``param`` is sharded over: () for a whole tensor."""
+    if not isinstance(param, DTensor):
+        return ()
+    mesh = param.device_mesh
+    dims = tuple(i for i, placement in enumerate(param.placements) if placement.is_shard())
+    if not dims:
+        return ()
+    names = mesh.mesh_dim_names or tuple(str(i) for i in range(mesh.ndim))
+    return (tuple(mesh.mesh.flatten().tolist()), tuple(names[i] for i in dims), id(mesh))
+
+
+class LocalShardOptimizer(torch.optim.Optimizer):
+    """Runs LAMB/LARS (or any optimizer taking ``group=``) on the local shards of DTensors.
+
+    LAMB and LARS compute per-tensor norms; on DTensor parameters (torch tensor parallelism,
+    ``fully_shard``) their foreach kernels mix DTensors and plain tensors and fail. This wrapper
+    gives the inner optimizer each parameter's local shard (the same storage, so updates land in
+    the DTensor) and puts parameters sharded over the same ranks in one param group with
+    ``group=<those ranks' process group>``, so the squared norms are summed over the shards:
+    the step equals the unsharded one. Whole (replicated or plain) tensors get ``group=None``.
+
+    ``param_groups`` hold the DTensor parameters (LR schedulers and
+    ``torch.distributed.checkpoint.state_dict`` see the model's parameters); hyperparameters are
+    copied to the inner groups at every step, and ``state_dict()`` wraps the local state
+    tensors as DTensors with their parameter's layout, so optimizer checkpoints reshard too.
+
+    Args:
+        params: parameters or param-group dicts.
+        optimizer_class: ``ptrain.core.optim.LAMB`` or ``LARS`` (anything with ``group=``).
+        **optimizer_kwargs: passed to ``optimizer_class`` (``group`` is set per param group).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        optimizer_class: Callable[..., torch.optim.Optimizer],
+        **optimizer_kwargs: Any,
+    ) -> None:
+        groups = list(params)
+        if groups and not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        outer: list[dict[str, Any]] = []
+        for g in groups:
+            by_key: dict[tuple[Any, ...], list[Tensor]] = {}
+            for param in g["params"]:
+                by_key.setdefault(_shard_group(param), []).append(param)
+            for key, members in by_key.items():
+                outer.append({**g, "params": members, "_shard_key": key})
+        self._groups_by_key: dict[tuple[Any, ...], dist.ProcessGroup | None] = {}
+        inner_groups = []
+        self._local_of: dict[int, Tensor] = {}
+        for g in outer:
+            pg = self._process_group_for(g["params"][0], g["_shard_key"])
+            locals_ = []
+            for param in g["params"]:
+                local = _local(param).detach()
+                self._local_of[id(param)] = local
+                locals_.append(local)
+            hyper = {k: v for k, v in g.items() if k not in ("params", "_shard_key")}
+            inner_groups.append({**hyper, "params": locals_, "group": pg})
+        self.optim = optimizer_class(inner_groups, **optimizer_kwargs)
+        super().__init__(
+            [{k: v for k, v in g.items() if k != "_shard_key"} for g in outer],
+            {k: v for k, v in self.optim.defaults.items() if k != "group"},
+        )
+        for g_outer, g_inner in zip(self.param_groups, self.optim.param_groups, strict=True):
+            for key, value in g_inner.items():
+                if key not in ("params", "group"):
+                    g_outer.setdefault(key, value)
+
+    def _process_group_for(self, param: Tensor, key: tuple[Any, ...]) -> dist.ProcessGroup | None:
+        if not key:
+            return None
+        if key in self._groups_by_key:
+            return self._groups_by_key[key]
+        assert isinstance(param, DTensor)
+        mesh = param.device_mesh
+        names = key[1]
+        sub = mesh[names] if mesh.ndim > 1 else mesh
+        if sub.ndim > 1:
+            sub = sub._flatten("_".join(names) + "_lamb")
+        group = sub.get_group()
+        self._groups_by_key[key] = group
+        return group
+
+    def _sync_hyperparameters(self) -> None:
+        for g_outer, g_inner in zip(self.param_groups, self.optim.param_groups, strict=True):
+            for key, value in g_outer.items():
+                if key not in ("params", "group"):
+                    g_inner[key] = value
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One step of the inner optimizer on the local shards.
+
+        Args:
+            closure: optional loss closure, evaluated once before the step.
+
+        Returns:
+            The closure's loss, or None.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._sync_hyperparameters()
+        pairs = [(p, self._local_of[id(p)]) for g in self.param_groups for p in g["params"]]
+        for param, local in pairs:
+            local.grad = None if param.grad is None else _local(param.grad)
+        try:
+            self.optim.step()
+        finally:
+            for _, local in pairs:
+                local.grad = None
+        self.state = cast(Any, {p: self.optim.state[t] for p, t in pairs if t in self.optim.state})
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        """The inner state dict, state tensors wrapped as DTensors with their parameter's layout."""
+        state = self.optim.state_dict()
+        params = [p for g in self.param_groups for p in g["params"]]
+        for index, entry in state["state"].items():
+            param = params[index]
+            if not isinstance(param, DTensor):
+                continue
+            local_shape = _local(param).shape
+            for key, value in list(entry.items()):
+                if isinstance(value, Tensor) and value.shape == local_shape and value.ndim > 0:
+                    entry[key] = DTensor.from_local(
+                        value, param.device_mesh, param.placements, run_check=False,
+                        shape=param.shape, stride=param.stride(),
+                    )  # fmt: skip
+        for packed, outer in zip(state["param_groups"], self.param_groups, strict=True):
+            for key, value in outer.items():
+                if key != "params":
+                    packed[key] = value
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict from :meth:`state_dict` (DTensor state is turned back into shards)."""
+        state = {
+            "state": {
+                index: {
+                    key: (value.to_local() if isinstance(value, DTensor) else value)
+                    for key, value in entry.items()
+                }
+                for index, entry in state_dict["state"].items()
+            },
+            "param_groups": [dict(g) for g in state_dict["param_groups"]],
+        }
+        for packed, inner in zip(state["param_groups"], self.optim.param_groups, strict=True):
+            packed["group"] = inner.get("group")
+        self.optim.load_state_dict(state)
+        for g_outer, packed in zip(self.param_groups, state_dict["param_groups"], strict=True):
+            for key, value in packed.items():
+                if key not in ("params", "group"):
+                    g_outer[key] = value
+        pairs = [(p, self._local_of[id(p)]) for g in self.param_groups for p in g["params"]]
+        self.state = cast(Any, {p: self.optim.state[t] for p, t in pairs if t in self.optim.state})
+
+
+# ---------------------------------------------------------------------------------------------
 # One entry point, optimizers, accumulation
 # ---------------------------------------------------------------------------------------------
 
@@ -456,11 +625,22 @@ def build_optimizer(
     """
     _check_mode(mode)
     chosen = list(params) if params is not None else list(model.parameters())
+    factory: Callable[..., torch.optim.Optimizer] = optimizer_class
+    if _takes_process_group(optimizer_class) and has_dtensor_params(model):
+        factory = functools.partial(LocalShardOptimizer, optimizer_class=optimizer_class)
     if mode == "zero1" and dims is not None and dims.size("dp_cp") > 1:
-        return ZeroRedundancyOptimizer(
-            chosen, optimizer_class, gradient_group(dims), **optimizer_kwargs
-        )
-    return optimizer_class(chosen, **optimizer_kwargs)
+        return ZeroRedundancyOptimizer(chosen, factory, gradient_group(dims), **optimizer_kwargs)
+    return factory(chosen, **optimizer_kwargs)
+
+
+def _takes_process_group(optimizer_class: type[torch.optim.Optimizer]) -> bool:
+    """LAMB/LARS-style optimizers: a ``group=`` argument for sharded norms."""
+    import inspect
+
+    try:
+        return "group" in inspect.signature(optimizer_class).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
+        return False
 
 
 @contextlib.contextmanager
