@@ -25,6 +25,9 @@ barrier. Definitions, for one step:
 With equal stages, GPipe and 1F1B both idle each stage for ``(p−1)·(t_f + t_b)``, so the ideal
 value is ``formula_bubble = (p−1)/m`` for both (1F1B saves activation memory, not time). The
 measured value is slightly above it: the overheads between compute intervals count as bubble.
+``schedules=("interleaved",)`` (not in the CLI, used by ``benchmarks/bench_pipeline.py``) runs
+interleaved 1F1B with ``v = chunks`` stages per rank, each costing ``1/v`` of the rank's work;
+"stage" above then means the rank (all its chunks), and the formula is ``(p−1)/(v·m)``.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ __all__ = ["run_pipeline_bench"]
 
 _DIM = 64
 _ROWS_PER_MICROBATCH = 4
+_CPU = torch.device("cpu")
 
 
 class _BackwardTimer(torch.autograd.Function):
@@ -108,15 +112,33 @@ def _bench_rank(
     microbatches: int,
     forward_s: float,
     steps: int,
+    chunks: int,
 ) -> list[list[tuple[str, float, float]]]:
-    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+    from torch.distributed.pipelining import (
+        PipelineStage,
+        Schedule1F1B,
+        ScheduleGPipe,
+        ScheduleInterleaved1F1B,
+    )
 
     torch.manual_seed(rank)
-    clock = _StageClock(forward_s, 2 * forward_s)
-    module = _FixedCostStage(clock)
-    stage = PipelineStage(module, rank, world_size, torch.device("cpu"))
-    runner_class = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[schedule]
-    runner = runner_class(stage, microbatches, loss_fn=lambda out, target: out.pow(2).mean())
+    # v chunks per rank each cost 1/v of the rank's work, so every schedule does the same work
+    clock = _StageClock(forward_s / chunks, 2 * forward_s / chunks)
+    num_stages = world_size * chunks
+    stages: list[Any] = [
+        PipelineStage(_FixedCostStage(clock), rank + chunk * world_size, num_stages, _CPU)
+        for chunk in range(chunks)
+    ]
+
+    def loss_fn(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (output - target).pow(2).mean()
+
+    runner: Any
+    if schedule == "interleaved":
+        runner = ScheduleInterleaved1F1B(stages, microbatches, loss_fn=loss_fn)
+    else:
+        runner_class = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[schedule]
+        runner = runner_class(stages[0], microbatches, loss_fn=loss_fn)
     batch = torch.randn(microbatches * _ROWS_PER_MICROBATCH, _DIM)
     target = torch.zeros_like(batch)
     per_step = []
@@ -159,6 +181,7 @@ def run_pipeline_bench(
     microbatches: int = 8,
     *,
     schedules: tuple[str, ...] = ("gpipe", "1f1b"),
+    chunks: int = 2,
     forward_s: float = 0.05,
     steps: int = 3,
     timeout: float = 120.0,
@@ -168,14 +191,18 @@ def run_pipeline_bench(
     Args:
         stages: pipeline stages ``p`` (one forked rank each).
         microbatches: micro-batches per step ``m``.
-        schedules: ``gpipe`` and/or ``1f1b``.
-        forward_s: wall time of one stage forward (a backward takes twice as long).
+        schedules: any of ``gpipe``, ``1f1b`` and ``interleaved`` (interleaved 1F1B, ``chunks``
+            stages per rank, each costing ``1/chunks`` of a rank's work; formula
+            ``(p−1)/(chunks·m)``; ``m`` must be a multiple of ``p``).
+        chunks: stages per rank for ``interleaved``.
+        forward_s: wall time of one rank's forward of a micro-batch (a backward takes twice
+            as long).
         steps: timed steps per schedule (after one warm-up step).
         timeout: seconds before the forked ranks are killed.
 
     Returns:
         One row per schedule: ``{"schedule", "stages", "microbatches", "measured_bubble",
-        "formula_bubble"}`` with ``formula_bubble = (p−1)/m``.
+        "formula_bubble"}`` with ``formula_bubble = (p−1)/m`` (``(p−1)/(v·m)`` interleaved).
     """
     if stages < 2:
         raise ValueError(f"a pipeline needs at least 2 stages, got {stages}")
@@ -183,10 +210,23 @@ def run_pipeline_bench(
         raise ValueError(f"microbatches must be >= 1, got {microbatches}")
     rows = []
     for schedule in schedules:
-        if schedule not in ("gpipe", "1f1b"):
-            raise ValueError(f"schedule must be 'gpipe' or '1f1b', got {schedule!r}")
+        if schedule not in ("gpipe", "1f1b", "interleaved"):
+            raise ValueError(f"schedule must be 'gpipe', '1f1b' or 'interleaved', got {schedule!r}")
+        local_chunks = chunks if schedule == "interleaved" else 1
+        if schedule == "interleaved" and (chunks < 2 or microbatches % stages != 0):
+            raise ValueError(
+                f"interleaved needs chunks >= 2 and microbatches a multiple of stages; got "
+                f"chunks={chunks}, microbatches={microbatches}, stages={stages}"
+            )
         per_rank = run_distributed(
-            _bench_rank, stages, schedule, microbatches, forward_s, steps, timeout=timeout
+            _bench_rank,
+            stages,
+            schedule,
+            microbatches,
+            forward_s,
+            steps,
+            local_chunks,
+            timeout=timeout,
         )
         rows.append(
             {
@@ -194,7 +234,7 @@ def run_pipeline_bench(
                 "stages": stages,
                 "microbatches": microbatches,
                 "measured_bubble": measure_bubble(per_rank),
-                "formula_bubble": (stages - 1) / microbatches,
+                "formula_bubble": (stages - 1) / (local_chunks * microbatches),
             }
         )
     return rows
