@@ -421,3 +421,62 @@ def build_pipeline(
 def _mean_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     # logits (B, T, V), targets (B, T) -> mean over B·T tokens, in the logits' dtype
     return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Train the debug GPT a few steps under a pipeline schedule (launch with torchrun).
+
+    ``torchrun --nproc-per-node 4 -m ptrain.core.pipeline --schedule 1f1b --microbatches 8``
+    (or ``python -m ptrain.core.pipeline`` for one process, the serial reference: same losses).
+    """
+    import argparse
+
+    from ptrain.core.dist import init_distributed
+    from ptrain.core.models.gpt import GPT, GPTConfig, synthetic_batch
+
+    parser = argparse.ArgumentParser(
+        prog="python -m ptrain.core.pipeline",
+        description="Train the debug GPT under GPipe / 1F1B / interleaved 1F1B; prints the loss.",
+    )
+    parser.add_argument("--schedule", choices=SCHEDULES, default="1f1b")
+    parser.add_argument("--microbatches", type=int, default=8)
+    parser.add_argument("--chunks", type=int, default=None, help="stages per rank (interleaved)")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--layers", type=int, default=8, help="GPT blocks (>= ranks × chunks)")
+    args = parser.parse_args(argv)
+    info = init_distributed()
+    config = GPTConfig.debug(n_layers=args.layers)
+    model = GPT(config, device="meta")
+    if info.world_size == 1:  # the serial reference
+        model.to_empty(device="cpu")
+        model.init_weights(0)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    else:
+        pipe = build_pipeline(
+            model,
+            None,
+            schedule=args.schedule,
+            microbatches=args.microbatches,
+            chunks=args.chunks,
+            init_seed=0,
+        )
+        optimizer = torch.optim.AdamW(pipe.parameters(), lr=3e-3)
+    for step in range(args.steps):
+        tokens, targets = synthetic_batch(config, args.batch_size, seed=step)
+        if info.world_size == 1:
+            optimizer.zero_grad(set_to_none=True)
+            loss = _mean_cross_entropy(model(tokens), targets)
+            loss.backward()
+        else:
+            loss = pipe.step(tokens, target=targets)
+        optimizer.step()
+        if info.rank == 0:
+            print(f"step {step}  loss {loss.item():.6f}", flush=True)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
