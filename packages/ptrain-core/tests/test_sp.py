@@ -17,7 +17,7 @@ ATOL = 1e-10
 
 def _attention_errors(
     rank: int, world_size: int, kind: str, causal: bool
-) -> tuple[list[float], dict[str, int]]:
+) -> tuple[list[float], dict[str, tuple[int, float]]]:
     generator = torch.Generator().manual_seed(0)
     # (B, H, S, D) with S = 24: 12 or 6 positions per rank
     q, k, v, grad = (
@@ -41,7 +41,11 @@ def _attention_errors(
     for mine, ref in ((local_q, ref_q), (local_k, ref_k), (local_v, ref_v)):
         assert mine.grad is not None and ref.grad is not None
         errors.append((mine.grad - local(ref.grad)).abs().max().item())
-    calls = {op: entry["calls"] for op, entry in tracker.as_dict().items()}
+    block = local_q.numel() * local_q.element_size()  # bytes of one (B, H, L, D) block
+    calls = {
+        key: (entry["calls"], entry["bytes_sent"] / block)
+        for key, entry in tracker.as_dict(by="phase").items()
+    }
     return errors, calls
 
 
@@ -52,12 +56,20 @@ def test_attention_equals_sdpa(kind: str, causal: bool, world_size: int) -> None
     results = run_distributed(_attention_errors, world_size, kind, causal, timeout=60)
     for rank, (errors, calls) in enumerate(results):
         assert max(errors) < ATOL, f"rank {rank}: out/dq/dk/dv errors {errors}"
+        p = world_size
         if kind == "ring":
-            # P−1 K/V hops forward; P−1 hops of (K, V, dK, dV) + 1 hop home backward
-            assert calls == {"send_recv": 2 * world_size - 1}, calls
+            # (calls, blocks sent): forward P−1 hops of (K, V) = 2(P−1) blocks, the design's
+            # 2·(P−1)·b·(S/P)·h; backward P−1 hops of (K, V) and P hops of (dK, dV)
+            assert calls == {
+                "send_recv:forward": (p - 1, 2 * (p - 1)),
+                "send_recv:backward": (2 * p - 1, 2 * (p - 1) + 2 * p),
+            }, calls
         else:
-            # one all-to-all in (q, k, v stacked), one out, and the same two in backward
-            assert calls == {"all_to_all": 4}, calls
+            # one all-to-all in (q, k, v stacked), one out; each sends (P−1)/P of its input
+            assert calls == {
+                "all_to_all:forward": (2, 3 * (p - 1) / p + (p - 1) / p),
+                "all_to_all:backward": (2, (p - 1) / p + 3 * (p - 1) / p),
+            }, calls
 
 
 def _uneven(rank: int, world_size: int) -> str:

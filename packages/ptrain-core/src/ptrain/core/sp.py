@@ -17,7 +17,9 @@ log-sum-exp ``lse`` of each query row, ``out ← out·e^{lse−lse'} + o_blk·e^
 implemented). The backward is a custom autograd function (flash-attention style: recompute each
 block's probabilities from the saved ``lse``): dQ accumulates locally while the dK/dV of each
 block travel round the ring *with* their K/V block and arrive back at the owner after ``P``
-hops. Memory is ``O(L·D)`` per rank besides one ``L × L`` score block.
+hops. Memory is ``O(L·D)`` per rank besides one ``L × L`` score block. Each K/V hop is started
+before the block's compute and waited after it (``batch_isend_irecv``), so the transfer
+overlaps the compute; the dK/dV hop follows the compute it depends on.
 
 **Ulysses** (``ulysses_attention``, ``UlyssesAttention``; Jacobs et al. 2023, DeepSpeed-Ulysses).
 One all-to-all turns ``[B, H, L, D]`` (sequence-sharded, all heads) into ``[B, H/P, S, D]``
@@ -133,6 +135,37 @@ def _visible(source: int, rank: int, causal: bool) -> bool:
     return not causal or source <= rank
 
 
+class _RingHop:
+    """One ring hop in flight: send to the next rank, receive from the previous one.
+
+    Started before a block's compute and waited after it, so the transfer overlaps the compute
+    (gloo and NCCL both progress p2p in the background). The sent tensor must not be modified
+    until ``wait``.
+    """
+
+    def __init__(
+        self,
+        tensor: torch.Tensor,
+        pg: dist.ProcessGroup | None,
+        label: str,
+        phase: str,
+    ) -> None:
+        size, rank = dist.get_world_size(pg), dist.get_rank(pg)
+        self.output = torch.empty_like(tensor)
+        operations = [
+            dist.P2POp(dist.isend, tensor, comm._global_rank(pg, (rank + 1) % size, size), pg),
+            dist.P2POp(dist.irecv, self.output, comm._global_rank(pg, (rank - 1) % size, size), pg),
+        ]
+        self.requests = dist.batch_isend_irecv(operations)
+        nbytes = tensor.numel() * tensor.element_size()
+        comm._record("send_recv", label, size, tensor, nbytes, nbytes, phase)
+
+    def wait(self) -> torch.Tensor:
+        for request in self.requests:
+            request.wait()
+        return self.output
+
+
 class _RingAttention(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -146,12 +179,12 @@ class _RingAttention(torch.autograd.Function):
         label: str,
     ) -> torch.Tensor:
         size, rank = dist.get_world_size(pg), dist.get_rank(pg)
-        nxt, prev = (rank + 1) % size, (rank - 1) % size
         out = torch.zeros_like(q)  # (B, H, L, D)
         lse = torch.full(q.shape[:-1], float("-inf"), dtype=q.dtype, device=q.device)  # (B,H,L)
         kv = torch.stack([k, v])  # (2, B, H, L, D): one message per hop
         for step in range(size):
-            source = (rank - step) % size
+            source = (rank - step) % size  # the rank whose K/V block is here now
+            hop = _RingHop(kv, pg, label, "forward") if step < size - 1 else None
             if _visible(source, rank, causal):
                 scores = _block_scores(q, kv[0], scale, causal and source == rank)
                 block_lse = torch.logsumexp(scores, dim=-1)  # (B, H, L)
@@ -161,8 +194,8 @@ class _RingAttention(torch.autograd.Function):
                     block_lse - new_lse
                 ).unsqueeze(-1)
                 lse = new_lse
-            if step < size - 1:
-                kv = comm._raw_send_recv(kv, nxt, prev, pg, label, "forward")
+            if hop is not None:
+                kv = hop.wait()
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.causal, ctx.scale, ctx.pg, ctx.label = causal, scale, pg, label
         return out
@@ -176,24 +209,25 @@ class _RingAttention(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         delta = (grad_out * out).sum(dim=-1, keepdim=True)  # (B, H, L, 1)
         grad_q = torch.zeros_like(q)
-        # K, V and their grads travel together: (4, B, H, L, D) = k, v, dk, dv
-        packet = torch.stack([k, v, torch.zeros_like(k), torch.zeros_like(v)])
+        kv = torch.stack([k, v])  # (2, B, H, L, D)
+        grad_kv = torch.zeros_like(kv)  # dK, dV of the block held now; travels with it
         for step in range(size):
             source = (rank - step) % size
+            hop = _RingHop(kv, pg, label, "backward") if step < size - 1 else None
             if _visible(source, rank, causal):
-                block_k, block_v = packet[0], packet[1]
-                scores = _block_scores(q, block_k, scale, causal and source == rank)
+                scores = _block_scores(q, kv[0], scale, causal and source == rank)
                 probs = torch.exp(scores - lse.unsqueeze(-1))  # (B, H, L, L)
-                grad_probs = torch.matmul(grad_out, block_v.transpose(-1, -2))
+                grad_probs = torch.matmul(grad_out, kv[1].transpose(-1, -2))
                 grad_scores = probs * (grad_probs - delta) * scale
-                grad_q += torch.matmul(grad_scores, block_k)
-                packet[2] += torch.matmul(grad_scores.transpose(-1, -2), q)
-                packet[3] += torch.matmul(probs.transpose(-1, -2), grad_out)
-            if step < size - 1:
-                packet = comm._raw_send_recv(packet, nxt, prev, pg, label, "backward")
-        # after P−1 hops this rank holds block r+1's grads; one more hop brings each home
-        grads = comm._raw_send_recv(packet[2:].contiguous(), nxt, prev, pg, label, "backward")
-        return grad_q, grads[0], grads[1], None, None, None, None
+                grad_q += torch.matmul(grad_scores, kv[0])
+                grad_kv[0] += torch.matmul(grad_scores.transpose(-1, -2), q)
+                grad_kv[1] += torch.matmul(probs.transpose(-1, -2), grad_out)
+            # the grads follow their block to the next rank; after the last step (P hops in
+            # all) each block's dK/dV arrive at the rank that owns it
+            grad_kv = comm._raw_send_recv(grad_kv, nxt, prev, pg, label, "backward")
+            if hop is not None:
+                kv = hop.wait()
+        return grad_q, grad_kv[0], grad_kv[1], None, None, None, None
 
 
 def ring_attention(
