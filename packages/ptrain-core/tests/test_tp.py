@@ -6,16 +6,24 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ptrain.core.dist import ParallelDims
-from ptrain.core.models.gpt import MLP, Block, GPTConfig
+from ptrain.core.models.gpt import GPT, MLP, Block, GPTConfig, synthetic_batch
 from ptrain.core.testing import run_distributed
 from ptrain.core.tp import (
     apply_tp,
     build_tp_groups,
+    check_tp_size,
+    dtensor_state_dict,
     enter_layout,
     exit_layout,
+    full_state_dict,
+    load_dtensor_state_dict,
+    load_full_state_dict,
+    param_shard_bytes,
+    tp_cross_entropy,
 )
 from ptrain.core.tp._ops import gather
 from ptrain.core.tp.api import _to_dtensor, _tp_params
@@ -49,7 +57,7 @@ def _config() -> GPTConfig:
     return GPTConfig.debug(dim=64, n_heads=4, vocab_size=64, seq_len=8, n_layers=2)
 
 
-def _block_case(rank: int, world_size: int, mode: str, depth: int, what: str):
+def _block_case(groups, mode: str, what: str) -> dict[str, float]:
     torch.manual_seed(0)
     config = _config()
     if what == "block":
@@ -76,7 +84,6 @@ def _block_case(rank: int, world_size: int, mode: str, depth: int, what: str):
     y = run(serial, x)
     (y * probe).sum().backward()
 
-    groups = _groups(mode, world_size, depth)
     parallel = apply_tp(copy.deepcopy(serial), mode, groups)
     x2 = x.detach().clone().requires_grad_(True)
     out_layout = "b" if (what == "linear" and mode == "3d") else "a"
@@ -95,11 +102,137 @@ def _block_case(rank: int, world_size: int, mode: str, depth: int, what: str):
     return errors
 
 
+def _gpt_case(rank: int, world_size: int, mode: str, depth: int, groups) -> dict[str, float]:
+    """A small GPT built on meta, sharded, initialised from a seed: loss and grads == serial."""
+    config = _config()
+    serial = GPT(config).double()
+    serial.init_weights(seed=3)
+    tokens, targets = synthetic_batch(config, batch_size=8, seed=1)
+    logits = serial(tokens)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))  # fp64
+    loss.backward()
+
+    model = GPT(config, device="meta")
+    apply_tp(model, mode, groups, device="cpu")
+    model.double()
+    model.init_weights(seed=3)  # layout-independent seeded init: the serial values, sharded
+    errors: dict[str, float] = {}
+    full = full_state_dict(model)
+    errors["init"] = max((full[k] - v).abs().max().item() for k, v in serial.state_dict().items())
+    tp_loss = tp_cross_entropy(model(tokens), targets, groups)
+    tp_loss.backward()
+    errors["loss"] = abs(tp_loss.item() - loss.item())
+    grads = _full_grads(model)
+    errors["grads"] = max(
+        (grads[k] - p.grad).abs().max().item() for k, p in serial.named_parameters()
+    )
+
+    # full state dict -> load -> gather round trip (into a fresh model with other values)
+    other = apply_tp(GPT(config, device="meta"), mode, groups, device="cpu").double()
+    other.init_weights(seed=99)
+    load_full_state_dict(other, full)
+    again = full_state_dict(other)
+    errors["round_trip"] = max((again[k] - v).abs().max().item() for k, v in full.items())
+    # a DTensor state dict (what DCP saves) loads into another mode's layout of the same ranks
+    other_mode = {
+        "2d": ("1d", 1),
+        "2.5d": ("1d", 1) if depth == 1 else ("3d", 1),
+        "3d": ("2.5d", 2),
+    }
+    if world_size == 4 and mode == "1d":
+        other_mode["1d"] = ("2d", 1)
+    if mode in other_mode:
+        target_mode, target_depth = other_mode[mode]
+        root = groups.mesh._get_root_mesh() if mode != "1d" else groups.mesh
+        target_groups = build_tp_groups(target_mode, root["tp"], depth=target_depth)
+        target = apply_tp(GPT(config, device="meta"), target_mode, target_groups, device="cpu")
+        target.double()
+        load_dtensor_state_dict(target, dtensor_state_dict(model))
+        moved = full_state_dict(target)
+        errors["dtensor_reshard"] = max((moved[k] - v).abs().max().item() for k, v in full.items())
+
+    # bytes held: weights are 1/P (1D, 3D) or 1/q² (2D, 2.5D) of the full matrix
+    shard = {"1d": world_size, "2d": world_size, "2.5d": groups.q**2, "3d": world_size}[mode]
+    wrong = [
+        name
+        for name, (local, whole) in param_shard_bytes(model).items()
+        if name.endswith("weight") and full[name].ndim == 2 and local * shard != whole
+    ]
+    errors["shard_bytes_wrong"] = float(len(wrong))
+    return errors
+
+
+def _layout_case(rank: int, world_size: int, mode: str, depth: int) -> dict[str, dict[str, float]]:
+    groups = _groups(mode, world_size, depth)
+    out = {what: _block_case(groups, mode, what) for what in ("linear", "mlp", "block")}
+    out["gpt"] = _gpt_case(rank, world_size, mode, depth, groups)
+    return out
+
+
 @pytest.mark.distributed
-@pytest.mark.parametrize("what", ["linear", "mlp", "block"])
 @pytest.mark.parametrize(("mode", "world_size", "depth"), LAYOUTS)
-def test_layer_equals_serial(mode: str, world_size: int, depth: int, what: str) -> None:
-    results = run_distributed(_block_case, world_size, mode, depth, what, timeout=90)
-    for rank, errors in enumerate(results):
-        bad = {k: v for k, v in errors.items() if v > ATOL}
-        assert not bad, f"{mode}@{world_size} {what} rank {rank}: {bad}"
+def test_mode_equals_serial(mode: str, world_size: int, depth: int) -> None:
+    """Linear, MLP, attention Block and a whole GPT (loss, grads, init, state dicts, shard
+    sizes) under each mode equal the serial model in fp64."""
+    results = run_distributed(_layout_case, world_size, mode, depth, timeout=120)
+    for rank, cases in enumerate(results):
+        for what, errors in cases.items():
+            bad = {k: v for k, v in errors.items() if v > ATOL}
+            assert not bad, f"{mode}@{world_size} {what} rank {rank}: {bad}"
+
+
+@pytest.mark.parametrize(
+    ("mode", "size", "depth", "listed"),
+    [
+        ("2d", 8, 1, "1, 4, 9, 16"),
+        ("2d", 2, 1, "1, 4, 9"),
+        ("3d", 4, 1, "1, 8, 27, 64"),
+        ("2.5d", 4, 2, "2, 8, 18, 32"),
+        ("2.5d", 12, 2, "2, 8, 18"),
+    ],
+)
+def test_bad_tp_size_lists_valid_sizes(mode: str, size: int, depth: int, listed: str) -> None:
+    with pytest.raises(ValueError, match=f"got {size}") as info:
+        check_tp_size(mode, size, depth)
+    assert listed in str(info.value)
+
+
+def test_good_tp_sizes() -> None:
+    assert check_tp_size("2d", 4) == (2, 1)
+    assert check_tp_size("2.5d", 8, 2) == (2, 2)
+    assert check_tp_size("3d", 27) == (3, 1)
+    assert check_tp_size("1d", 6) == (6, 1)
+    with pytest.raises(ValueError, match="depth"):
+        check_tp_size("2d", 4, depth=2)
+
+
+def _errors_case(rank: int, world_size: int) -> list[str]:
+    from ptrain.core.tp import Linear2D
+
+    dims = ParallelDims(dp_shard=1, tp=world_size, world_size=world_size)
+    mesh = dims.build_mesh("cpu")
+    messages = []
+    for call in (
+        lambda: build_tp_groups("3d", mesh["tp"]),
+        lambda: Linear2D(9, 8, groups=build_tp_groups("2d", mesh["tp"])),
+        lambda: apply_tp(
+            GPT(GPTConfig.debug(dim=48, n_heads=3), device="meta"),
+            "2d",
+            build_tp_groups("2d", mesh["tp"]),
+        ),
+    ):
+        try:
+            call()
+        except ValueError as exc:
+            messages.append(str(exc))
+        else:
+            messages.append("no error")
+    return messages
+
+
+@pytest.mark.distributed
+def test_bad_sizes_name_the_dims() -> None:
+    cube, linear, heads = run_distributed(_errors_case, 4, timeout=60)[0]
+    assert "3D needs a cube tp size (1, 8, 27, 64" in cube and "got 4" in cube
+    assert "in_features (9)" in linear and "divisible by 2" in linear
+    assert "n_heads (3)" in heads

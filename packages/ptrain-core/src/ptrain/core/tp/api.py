@@ -303,7 +303,7 @@ def tp_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, groups: TPGrou
         vocab_group: Group | None = groups.tp if groups.size > 1 else None
     else:
         vocab_group = hidden_group(groups, layout)
-    losses = vocab_parallel_cross_entropy(logits.float(), local_targets, vocab_group)
+    losses = vocab_parallel_cross_entropy(logits, local_targets, vocab_group)
     total = losses.sum()
     for group in batch_groups(groups, layout):
         total = reduce_from(total, group)

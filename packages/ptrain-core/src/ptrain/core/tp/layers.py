@@ -36,7 +36,7 @@ from torch.distributed.tensor import Placement, Replicate, Shard
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 from ptrain.core import comm
-from ptrain.core.tp._ops import copy_to, reduce_from, summa
+from ptrain.core.tp._ops import copy_to, gather, reduce_from, summa
 from ptrain.core.tp.groups import Group, TPGroups
 
 __all__ = [
@@ -500,7 +500,8 @@ class PositionEmbedding(nn.Embedding, TPModule):
     """Learned position embedding returning ``[..., hidden chunk]`` of the block layout ``a``.
 
     Positions are shared by every batch chunk, so the rows are sharded over the batch-split
-    groups and all-gathered (2D: rows over i; 3D: rows over k, grad synced over j).
+    groups and all-gathered (2D: rows over i; 3D: rows over j·q+k): 1/P of the table in 1D
+    (columns) and 3D, 1/q² in 2D/2.5D.
     """
 
     def __init__(
@@ -523,7 +524,8 @@ class PositionEmbedding(nn.Embedding, TPModule):
         mode, q = groups.mode, groups.q
         placements: tuple[Placement, ...]
         if mode == "1d":
-            placements = (Replicate(),)
+            _divisible("PositionEmbedding", "embedding_dim", embedding_dim, groups.size, "1D tp")
+            placements = (Shard(1),)
         else:
             _divisible("PositionEmbedding", "num_embeddings", num_embeddings, q, f"{mode} side q")
             _divisible("PositionEmbedding", "embedding_dim", embedding_dim, q, f"{mode} side q")
@@ -532,7 +534,8 @@ class PositionEmbedding(nn.Embedding, TPModule):
             elif mode == "2.5d":
                 placements = (Replicate(), Shard(0), Shard(1))
             else:
-                placements = (Shard(1), Replicate(), Shard(0))
+                _divisible("PositionEmbedding", "num_embeddings", num_embeddings, q * q, "3D: q²")
+                placements = (Shard(1), Shard(0), Shard(0))
         self._shard_param("weight", (num_embeddings, embedding_dim), placements, device, dtype)
 
     def reset_parameters(self) -> None:
@@ -546,6 +549,8 @@ class PositionEmbedding(nn.Embedding, TPModule):
                 weight = copy_to(weight, g["tp_dep"])
             weight = comm.all_gather(weight, dim=0, group=g["tp_row"].ref)
         elif g.mode == "3d":
-            weight = copy_to(weight, g["tp_j"])
             weight = comm.all_gather(weight, dim=0, group=g["tp_k"].ref)
+            weight = comm.all_gather(weight, dim=0, group=g["tp_j"].ref)
+        else:  # 1D: activations are replicated, so the backward keeps this rank's columns
+            weight = gather(weight, -1, g.tp)
         return F.embedding(positions, weight)
