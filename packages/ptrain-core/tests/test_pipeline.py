@@ -16,8 +16,12 @@ BATCH = 8
 MICROBATCHES = 4
 
 
+SCHEDULE_NAMES: tuple[ScheduleName, ...] = ("gpipe", "1f1b", "interleaved")
+
+
 def _config() -> GPTConfig:
-    return GPTConfig.debug(n_layers=4)
+    # 8 blocks: interleaved on 4 ranks × 2 chunks needs one block per stage
+    return GPTConfig.debug(n_layers=8)
 
 
 def _serial_loss_and_grads() -> tuple[float, dict[str, torch.Tensor]]:
@@ -32,72 +36,48 @@ def _serial_loss_and_grads() -> tuple[float, dict[str, torch.Tensor]]:
     return loss.item(), grads
 
 
-def _pipeline_rank(rank: int, world_size: int, schedule: ScheduleName) -> tuple[float, dict]:
+def _pipeline_rank(rank: int, world_size: int) -> dict[str, tuple[float, dict, list[int]]]:
+    """Every schedule on this rank (one fork for all three): loss, grads, stage indices."""
     torch.set_default_dtype(torch.float64)
     config = _config()
     tokens, targets = synthetic_batch(config, batch_size=BATCH, seed=1)
-    model = GPT(config, device="meta")  # no full copy: this rank materialises its stages only
-    pipe = build_pipeline(
-        model,
-        None,
-        schedule=schedule,
-        microbatches=MICROBATCHES,
-        init_seed=0,
-    )
-    held = sum(p.numel() for p in pipe.parameters())
-    assert held < config.num_params(), "a stage holds the whole model"
-    # two steps: the second must not accumulate into the first's grads
-    pipe.step(tokens, target=targets)
-    loss = pipe.step(tokens, target=targets)
-    return loss.item(), {name: p.grad for name, p in pipe.named_parameters()}
+    results: dict[str, tuple[float, dict, list[int]]] = {}
+    for schedule in SCHEDULE_NAMES:
+        model = GPT(config, device="meta")  # no full copy: this rank materialises its stages
+        pipe = build_pipeline(
+            model, None, schedule=schedule, microbatches=MICROBATCHES, init_seed=0
+        )
+        held = sum(p.numel() for p in pipe.parameters())
+        assert held < config.num_params(), "a stage holds the whole model"
+        # two steps: the second must not accumulate into the first's grads
+        pipe.step(tokens, target=targets)
+        loss = pipe.step(tokens, target=targets)
+        grads = {name: p.grad for name, p in pipe.named_parameters()}
+        results[schedule] = (loss.item(), grads, [m.stage_index for m in pipe.modules])
+    return results
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize(
-    ("schedule", "stages"),
-    # interleaved on 4 ranks needs 8 blocks: test_interleaved_four_ranks_two_chunks_...
-    [("gpipe", 2), ("1f1b", 2), ("interleaved", 2), ("gpipe", 4), ("1f1b", 4)],
-)
-def test_schedule_matches_serial_loss_and_grads(schedule: ScheduleName, stages: int) -> None:
+@pytest.mark.parametrize("stages", [2, 4])
+def test_each_schedule_matches_serial_loss_and_grads(stages: int) -> None:
     serial_loss, serial_grads = _serial_loss_and_grads()
-    results = run_distributed(_pipeline_rank, stages, schedule, timeout=90)
-    merged: dict[str, torch.Tensor] = {}
-    for loss, grads in results:
-        # every rank reports the mean loss over the full batch (not the sum over micro-batches)
-        assert loss == pytest.approx(serial_loss, abs=ATOL)
-        assert not merged.keys() & grads.keys(), "a parameter lives on two stages"
-        merged.update(grads)
-    assert merged.keys() == serial_grads.keys()
-    for name, grad in serial_grads.items():
-        torch.testing.assert_close(merged[name], grad, atol=ATOL, rtol=0, msg=name)
-
-
-def _interleaved_four(rank: int, world_size: int) -> tuple[float, dict]:
-    torch.set_default_dtype(torch.float64)
-    config = GPTConfig.debug(n_layers=8)
-    tokens, targets = synthetic_batch(config, batch_size=BATCH, seed=1)
-    pipe = build_pipeline(
-        GPT(config, device="meta"), None, schedule="interleaved", microbatches=4, init_seed=0
-    )
-    assert [m.stage_index for m in pipe.modules] == [rank, rank + 4]
-    loss = pipe.step(tokens, target=targets)
-    return loss.item(), {name: p.grad for name, p in pipe.named_parameters()}
-
-
-@pytest.mark.distributed
-def test_interleaved_four_ranks_two_chunks_matches_serial() -> None:
-    config = GPTConfig.debug(n_layers=8)
-    tokens, targets = synthetic_batch(config, batch_size=BATCH, seed=1)
-    model = GPT(config).double()
-    model.init_weights(seed=0)
-    loss = F.cross_entropy(model(tokens).flatten(0, 1), targets.flatten())
-    loss.backward()
-    merged: dict[str, torch.Tensor] = {}
-    for rank_loss, grads in run_distributed(_interleaved_four, 4, timeout=90):
-        assert rank_loss == pytest.approx(loss.item(), abs=ATOL)
-        merged.update(grads)
-    for name, parameter in model.named_parameters():
-        torch.testing.assert_close(merged[name], parameter.grad, atol=ATOL, rtol=0, msg=name)
+    per_rank = run_distributed(_pipeline_rank, stages, timeout=120)
+    for schedule in SCHEDULE_NAMES:
+        merged: dict[str, torch.Tensor] = {}
+        for rank, results in enumerate(per_rank):
+            loss, grads, stage_ids = results[schedule]
+            chunks = 2 if schedule == "interleaved" else 1
+            assert stage_ids == [rank + chunk * stages for chunk in range(chunks)]
+            # every rank reports the mean loss over the full batch (not the sum over micro-
+            # batches), and the grads are those of that mean (torch's 1/m scaling kept)
+            assert loss == pytest.approx(serial_loss, abs=ATOL), schedule
+            assert not merged.keys() & grads.keys(), "a parameter lives on two stages"
+            merged.update(grads)
+        assert merged.keys() == serial_grads.keys()
+        for name, grad in serial_grads.items():
+            torch.testing.assert_close(
+                merged[name], grad, atol=ATOL, rtol=0, msg=f"{schedule}: {name}"
+            )
 
 
 def test_partition_blocks_is_contiguous_and_balanced() -> None:
@@ -113,7 +93,7 @@ def test_split_model_keeps_serial_names_and_values() -> None:
     names = [set(chunk.state_dict()) for chunk in chunks]
     assert names[0] | names[1] == set(serial) and not names[0] & names[1]
     assert "tok_emb.weight" in names[0] and "head.weight" in names[1]
-    assert "blocks.3.mlp.fc2.weight" in names[1]
+    assert "blocks.3.mlp.fc2.weight" in names[0] and "blocks.4.ln1.weight" in names[1]
     for chunk in chunks:
         for name, value in chunk.state_dict().items():
             assert torch.equal(value, serial[name])
@@ -141,7 +121,7 @@ def test_measure_bubble_on_a_hand_made_gpipe_timeline() -> None:
 
 @pytest.mark.distributed
 def test_pipeline_bench_bubble_is_close_to_formula() -> None:
-    rows = run_pipeline_bench(stages=2, microbatches=4, forward_s=0.01, steps=2, timeout=90)
+    rows = run_pipeline_bench(stages=2, microbatches=4, forward_s=0.02, steps=2, timeout=90)
     assert [row["schedule"] for row in rows] == ["gpipe", "1f1b"]
     for row in rows:
         assert list(row) == [
@@ -152,5 +132,6 @@ def test_pipeline_bench_bubble_is_close_to_formula() -> None:
             "formula_bubble",
         ]
         assert row["formula_bubble"] == 0.25
-        # a loose bound (not a timing test): overheads only ever add bubble
-        assert 0.2 <= row["measured_bubble"] <= 0.6, row
+        # a loose bound (not a timing test): overheads only ever add bubble, and a wrong
+        # measurement is far off (no pipelining: p − 1 = 1; counting forwards only: ≈ 2.75)
+        assert 0.2 <= row["measured_bubble"] <= 0.75, row
