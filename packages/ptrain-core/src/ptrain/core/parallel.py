@@ -20,7 +20,6 @@ square q²; 2.5D q²·d with ``depth`` = d; 3D a cube q³.
 from __future__ import annotations
 
 import importlib
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,49 +30,24 @@ from torch import nn
 
 from ptrain.core.data_parallel import DP_MODES, apply_data_parallel
 from ptrain.core.dist import ParallelDims, default_device_type
+from ptrain.core.tp.groups import check_tp_size, valid_tp_sizes
 
 __all__ = [
     "SP_MODES",
+    "TP_BACKENDS",
     "TP_MODES",
     "ParallelPlan",
     "check_tp_size",
+    "loss_fn",
     "parallelize",
     "valid_tp_sizes",
 ]
 
 TP_MODES: tuple[str, ...] = ("1d", "2d", "2.5d", "3d")
+#: How 1D is built: ``"ptrain"`` (``ptrain.core.tp`` layers, plain local shards) or ``"torch"``
+#: (torch's ``parallelize_module`` with Colwise/RowwiseParallel: DTensor parameters).
+TP_BACKENDS: tuple[str, ...] = ("ptrain", "torch")
 SP_MODES: tuple[str, ...] = ("ring", "ulysses")
-
-
-def valid_tp_sizes(mode: str, depth: int = 1, limit: int = 64) -> list[int]:
-    """The tensor-parallel sizes up to ``limit`` that ``mode`` admits (``depth`` for 2.5D)."""
-    if mode == "1d":
-        return list(range(1, limit + 1))
-    if mode == "2d":
-        return [q * q for q in range(1, math.isqrt(limit) + 1)]
-    if mode == "2.5d":
-        return [q * q * depth for q in range(1, limit + 1) if q * q * depth <= limit]
-    if mode == "3d":
-        return [q**3 for q in range(1, limit + 1) if q**3 <= limit]
-    raise ValueError(f"unknown tensor-parallel mode {mode!r}; expected one of {TP_MODES}")
-
-
-def check_tp_size(mode: str, size: int, depth: int = 1) -> None:
-    """Raise ``ValueError`` listing the valid sizes unless ``size`` ranks fit ``mode``."""
-    if mode not in TP_MODES:
-        raise ValueError(f"unknown tensor-parallel mode {mode!r}; expected one of {TP_MODES}")
-    if mode == "2.5d" and (not isinstance(depth, int) or depth < 1):
-        raise ValueError(f"2.5D depth must be a positive integer, got {depth!r}")
-    valid = valid_tp_sizes(mode, depth, limit=max(64, size))
-    if size in valid:
-        return
-    shown = ", ".join(str(v) for v in valid[:6])
-    need = {
-        "2d": "a square tp size q*q",
-        "2.5d": f"a tp size q*q*depth with depth={depth}",
-        "3d": "a cube tp size q*q*q",
-    }[mode]
-    raise ValueError(f"{mode.upper()} needs {need} ({shown}, ...), got tp={size}")
 
 
 @dataclass(kw_only=True)
@@ -89,6 +63,8 @@ class ParallelPlan:
             ``dims.cp > 1``).
         dp: ``"ddp"``, ``"zero1"`` or ``"zero3"`` over the data-parallel dims.
         seed: the seed of ``init_weights`` when the model is materialised from the meta device.
+        tp_backend: ``"ptrain"`` (default: ``ptrain.core.tp``'s layers, every mode) or
+            ``"torch"`` (1D only, torch's ``parallelize_module``; parameters become DTensors).
     """
 
     tp: str | Sequence[str] | Mapping[Any, str] = "1d"
@@ -96,6 +72,7 @@ class ParallelPlan:
     sp: str | None = None
     dp: str = "ddp"
     seed: int = 0
+    tp_backend: str = "ptrain"
     _modes: list[str] = field(default_factory=list, init=False, repr=False)
 
     @classmethod
@@ -106,7 +83,7 @@ class ParallelPlan:
         if isinstance(plan, ParallelPlan):
             return plan
         if isinstance(plan, Mapping):
-            known = {"tp", "depth", "sp", "dp", "seed"}
+            known = {"tp", "depth", "sp", "dp", "seed", "tp_backend"}
             unknown = sorted(set(plan) - known)
             if unknown:
                 raise ValueError(f"unknown plan keys {unknown}; expected some of {sorted(known)}")
@@ -156,10 +133,18 @@ class ParallelPlan:
                 f"dims.cp={dims.cp} splits sequences, so the plan must name sp='ring' or "
                 "sp='ulysses'"
             )
+        if self.tp_backend not in TP_BACKENDS:
+            raise ValueError(
+                f"plan tp_backend must be one of {', '.join(TP_BACKENDS)}, got {self.tp_backend!r}"
+            )
         modes = self.block_modes(n_blocks)
+        if self.depth != 1 and "2.5d" not in modes:
+            raise ValueError(f"plan depth={self.depth} applies only to 2.5D blocks")
         if dims.tp > 1:
             for mode in sorted(set(modes)):
-                check_tp_size(mode, dims.tp, self.depth)
+                check_tp_size(mode, dims.tp, self.depth if mode == "2.5d" else 1)
+            if self.tp_backend == "torch" and set(modes) != {"1d"}:
+                raise ValueError("plan tp_backend='torch' supports only 1D tensor parallelism")
         return modes
 
 
@@ -219,8 +204,9 @@ def _apply_sequence_parallel(blocks: nn.ModuleList, dims: ParallelDims, mode: st
         block.attn.core = factory(group)
 
 
-def _apply_tp_1d_standin(blocks: nn.ModuleList, dims: ParallelDims, indices: list[int]) -> None:
-    """1D (Megatron) tensor parallelism with torch's parallelize_module styles."""
+def _apply_tp_1d_torch(blocks: nn.ModuleList, dims: ParallelDims, indices: list[int]) -> None:
+    """1D (Megatron) tensor parallelism with torch's parallelize_module styles (DTensor params;
+    embeddings, norms and head stay replicated)."""
     from torch.distributed.tensor.parallel import (
         ColwiseParallel,
         RowwiseParallel,
@@ -246,16 +232,52 @@ def _apply_tp_1d_standin(blocks: nn.ModuleList, dims: ParallelDims, indices: lis
 def _apply_tensor_parallel(
     model: nn.Module, blocks: nn.ModuleList, dims: ParallelDims, modes: list[str], depth: int
 ) -> None:
-    tp = _optional_module("tp")
-    if tp is None or not hasattr(tp, "apply_tp"):
-        others = sorted({m for m in modes if m != "1d"})
-        if others:
-            raise NotImplementedError(
-                f"tensor-parallel modes {others} need ptrain.core.tp (not installed yet)"
-            )
-        _apply_tp_1d_standin(blocks, dims, list(range(len(blocks))))
+    """``ptrain.core.tp``: one mode → the whole GPT (vocab-parallel embeddings and head);
+    a mode per block → each block in its mode between replicated activations."""
+    from ptrain.core.tp import apply_tp, build_tp_groups, enter_layout, exit_layout
+
+    mesh = dims.get_mesh("tp")
+    if len(set(modes)) == 1:
+        mode = modes[0]
+        groups = build_tp_groups(mode, mesh, depth if mode == "2.5d" else 1)
+        apply_tp(model, mode, groups)
+        model.tp_groups = groups  # read by loss_fn  # type: ignore[assignment]
         return
-    _apply_tp_1d_standin(blocks, dims, list(range(len(blocks))))  # pragma: no cover - replaced
+    for block, mode in zip(blocks, modes, strict=True):
+        groups = build_tp_groups(mode, mesh, depth if mode == "2.5d" else 1)
+        apply_tp(block, mode, groups)
+
+        def enter(
+            _: nn.Module, args: tuple[Any, ...], mode: str = mode, groups: Any = groups
+        ) -> Any:
+            return (enter_layout(args[0], mode, groups), *args[1:])
+
+        def leave(
+            _: nn.Module, args: tuple[Any, ...], out: Any, mode: str = mode, groups: Any = groups
+        ) -> Any:
+            return exit_layout(out, mode, groups)
+
+        # hooks, not a wrapper module: the parameter names stay the serial ones (checkpoints)
+        block.register_forward_pre_hook(enter)
+        block.register_forward_hook(leave)
+
+
+def loss_fn(model: nn.Module) -> Any:
+    """``loss(logits, targets)`` for a model returned by :func:`parallelize`.
+
+    A GPT converted whole by ``ptrain.core.tp`` returns logits in its head's layout (vocab
+    and batch split over tp sub-groups): the loss is ``tp.tp_cross_entropy``; otherwise the
+    serial ``gpt_loss``. Both give the mean token loss of the rank's full (tp-replicated) batch.
+    """
+    from ptrain.core.data_parallel import unwrap
+    from ptrain.core.models.gpt import gpt_loss
+
+    groups = getattr(unwrap(model), "tp_groups", None)
+    if groups is None:
+        return gpt_loss
+    from ptrain.core.tp import tp_cross_entropy
+
+    return lambda logits, targets: tp_cross_entropy(logits, targets, groups)
 
 
 def parallelize(
@@ -299,21 +321,42 @@ def parallelize(
         dims.build_mesh(device_type=torch.device(device).type if device else None)
     if dims.cp > 1 and plan.sp is not None:
         _apply_sequence_parallel(blocks, dims, plan.sp)
-    if dims.tp > 1:
+    if dims.tp > 1 and plan.tp_backend == "torch":
+        _apply_tp_1d_torch(blocks, dims, list(range(len(blocks))))
+    elif dims.tp > 1:
         _apply_tensor_parallel(model, blocks, dims, modes, plan.depth)
-    is_meta = any(param.is_meta for param in model.parameters())
     sharded = dims.size("dp_cp") > 1 and plan.dp == "zero3"
+    # ptrain.core.tp shards carry their serial shape for init_weights; fully_shard replaces the
+    # parameters (losing that), so those are materialised first (each rank: its tp shards only).
+    if sharded and dims.tp > 1 and plan.tp_backend == "ptrain":
+        _materialise(model, device, plan.seed)
     if sharded:
         model = apply_data_parallel(model, dims, "zero3")
-    if is_meta:
-        target = torch.device(device) if device is not None else torch.device(default_device_type())
-        model.to_empty(device=target)
-        init = getattr(model, "init_weights", None)
-        if init is None:
-            raise ValueError(
-                f"{type(model).__name__} is on the meta device but has no init_weights(seed)"
-            )
-        init(seed=plan.seed)
+    _materialise(model, device, plan.seed)
     if not sharded:
         model = apply_data_parallel(model, dims, plan.dp)
     return model
+
+
+_SHARD_TAGS = ("full_shape", "shard_from_full")
+
+
+def _materialise(model: nn.Module, device: torch.device | str | None, seed: int) -> None:
+    """``to_empty`` + ``init_weights(seed)`` for a model still on the meta device."""
+    if not any(param.is_meta for param in model.parameters()):
+        return
+    target = torch.device(device) if device is not None else torch.device(default_device_type())
+    # to_empty may replace meta parameters by new objects: keep the shard tags of tp layers
+    # (full_shape, shard_from_full) that init_weights needs to give each shard serial values.
+    tags = {
+        name: {key: getattr(param, key) for key in _SHARD_TAGS if hasattr(param, key)}
+        for name, param in model.named_parameters()
+    }
+    model.to_empty(device=target)
+    for name, param in model.named_parameters():
+        for key, value in tags.get(name, {}).items():
+            setattr(param, key, value)
+    init = getattr(model, "init_weights", None)
+    if init is None:
+        raise ValueError(f"{type(model).__name__} is on the meta device but has no init_weights")
+    init(seed=seed)

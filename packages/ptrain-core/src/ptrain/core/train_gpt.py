@@ -45,7 +45,7 @@ from ptrain.core.cli import (
     write_json,
 )
 from ptrain.core.dist import ParallelDims
-from ptrain.core.models.gpt import GPT, GPTConfig, gpt_loss, synthetic_batch
+from ptrain.core.models.gpt import GPT, GPTConfig, synthetic_batch
 
 __all__ = ["TrainSettings", "main", "make_optimizer", "train_gpt"]
 
@@ -112,7 +112,14 @@ def make_optimizer(
     from ptrain.core.optim import LAMB
 
     kwargs: dict[str, Any] = {"lr": settings.lr, "weight_decay": settings.weight_decay}
+    if dims.tp > 1 and dp_mode == "zero3" and _all_dtensor(model):
+        raise ValueError(
+            "--optimizer lamb with --zero 3 and --tp > 1 is not supported: the trust-ratio norms "
+            "would need the tp and dp shard groups together; use --zero 1 or --optimizer adamw"
+        )
     if dims.tp > 1 and not _all_dtensor(model):
+        # Sharded tensors: norms summed over the tp group. A tensor replicated over (part of)
+        # the group is counted once per copy in both norms of the ratio, which leaves it equal.
         kwargs["group"] = dims.get_group("tp")
     return build_optimizer(model, dims, dp_mode, LAMB, **kwargs)
 
@@ -147,7 +154,7 @@ def train_gpt(
     """
     from ptrain.core import dcp
     from ptrain.core.data_parallel import accumulate_gradients
-    from ptrain.core.parallel import ParallelPlan, parallelize
+    from ptrain.core.parallel import ParallelPlan, loss_fn, parallelize
 
     plan = ParallelPlan.from_any(plan)
     plan.seed = settings.seed
@@ -162,6 +169,7 @@ def train_gpt(
         raise ValueError(f"seq_len {config.seq_len} is not divisible by cp={dims.cp}")
     dims.build_mesh("cpu" if dist.get_backend() == "gloo" else None)
     model = parallelize(GPT(config, device="meta"), dims, plan)
+    loss_of = loss_fn(model)
     optimizer = make_optimizer(model, dims, plan.dp, settings)
     device = next(model.parameters()).device
     rank = dist.get_rank()
@@ -179,7 +187,7 @@ def train_gpt(
 
     def micro_loss(net: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         tokens, targets, positions = batch
-        return gpt_loss(net(tokens, position_ids=positions), targets)
+        return loss_of(net(tokens, position_ids=positions), targets)
 
     losses = []
     for step in range(start, settings.steps):
