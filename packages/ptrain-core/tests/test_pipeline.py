@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -135,3 +138,30 @@ def test_pipeline_bench_bubble_is_close_to_formula() -> None:
         # a loose bound (not a timing test): overheads only ever add bubble, and a wrong
         # measurement is far off (no pipelining: p − 1 = 1; counting forwards only: ≈ 2.75)
         assert 0.2 <= row["measured_bubble"] <= 0.75, row
+
+
+@pytest.mark.distributed
+def test_cli_bench_pipeline_writes_the_contract_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ptrain.core.__main__ import main
+
+    path = tmp_path / "bubble.json"
+    argv = ["bench", "pipeline", "--stages", "2", "--microbatches", "2", "--json", str(path)]
+    assert main(argv) == 0
+    rows = json.loads(path.read_text())
+    assert [(row["schedule"], row["stages"], row["microbatches"]) for row in rows] == [
+        ("gpipe", 2, 2),
+        ("1f1b", 2, 2),
+    ]
+    for row in rows:
+        assert list(row) == [
+            "schedule",
+            "stages",
+            "microbatches",
+            "measured_bubble",
+            "formula_bubble",
+        ]
+        assert row["formula_bubble"] == 0.5
+        assert isinstance(row["measured_bubble"], float)
+    assert "measured_bubble" in capsys.readouterr().out  # the printed table
