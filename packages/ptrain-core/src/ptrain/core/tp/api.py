@@ -146,7 +146,7 @@ def _linear(old: nn.Linear, groups: TPGroups, role: str, device: Any) -> nn.Line
     else:
         kind = "ab" if role == "in" else "ba"
         new = Linear3D(old.in_features, old.out_features, kind=kind, **kwargs)
-    _copy_in(new, old)  # type: ignore[arg-type]
+    _copy_in(new, old)
     return new
 
 
@@ -170,7 +170,7 @@ def _heads_split(groups: TPGroups) -> int:
     return groups.size if groups.mode == "1d" else groups.q
 
 
-def _convert_attention(attn: nn.Module, groups: TPGroups, device: Any) -> None:
+def _convert_attention(attn: Any, groups: TPGroups, device: Any) -> None:
     head_dim = attn.head_dim
     heads = attn.q.out_features // head_dim
     split_count = _heads_split(groups)
@@ -185,12 +185,12 @@ def _convert_attention(attn: nn.Module, groups: TPGroups, device: Any) -> None:
     attn.proj = _linear(attn.proj, groups, "out", device)
 
 
-def _convert_mlp(mlp: nn.Module, groups: TPGroups, device: Any) -> None:
+def _convert_mlp(mlp: Any, groups: TPGroups, device: Any) -> None:
     mlp.fc1 = _linear(mlp.fc1, groups, "in", device)
     mlp.fc2 = _linear(mlp.fc2, groups, "out", device)
 
 
-def _convert_block(block: nn.Module, groups: TPGroups, device: Any) -> None:
+def _convert_block(block: Any, groups: TPGroups, device: Any) -> None:
     block.ln1 = _layer_norm(block.ln1, groups, device)
     _convert_attention(block.attn, groups, device)
     block.ln2 = _layer_norm(block.ln2, groups, device)

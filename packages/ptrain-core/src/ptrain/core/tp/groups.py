@@ -176,9 +176,9 @@ def build_tp_groups(mode: str, tp: GroupLike, depth: int = 1) -> TPGroups:
     elif tp is None:
         from ptrain.core.dist import default_device_type
 
-        mesh = DeviceMesh.from_group(
-            dist.group.WORLD, default_device_type(), mesh_dim_names=("tp",)
-        )  # type: ignore[arg-type]
+        world = dist.group.WORLD
+        assert world is not None, "no default process group"
+        mesh = DeviceMesh.from_group(world, default_device_type(), mesh_dim_names=("tp",))
     else:
         raise TypeError(f"tp must be a 1-D DeviceMesh, (mesh, dim) or ProcessGroup, got {tp!r}")
     if mesh.ndim != 1:
