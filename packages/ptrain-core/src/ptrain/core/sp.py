@@ -1,8 +1,9 @@
 """Sequence parallelism on any backend (CPU/gloo included): ring attention and Ulysses.
 
 Both split the *sequence* over the ranks of a group (the mesh's ``cp`` dim): rank ``r`` of ``P``
-holds tokens ``r·S/P … (r+1)·S/P − 1`` of every sequence (``shard_sequence``), and every layer
-except attention is token-wise, so only attention needs the other ranks. Shapes below:
+holds ``S/P`` positions of every sequence (``shard_sequence``: ``r·S/P … (r+1)·S/P − 1`` in the
+``contiguous`` layout; chunks ``r`` and ``2P−1−r`` of ``2P`` in the ``zigzag`` layout), and every
+layer except attention is token-wise, so only attention needs the other ranks. Shapes below:
 ``B`` batch, ``H`` heads (on this rank), ``S`` global sequence, ``L = S/P`` local sequence,
 ``D`` head dim.
 
@@ -11,10 +12,12 @@ Li et al.'s ring self-attention). The K/V block pairs travel round the ring (``P
 rank sends and receives one ``2·B·H·L·D`` block per hop); each rank attends its local queries to
 every block as it passes and merges the partial results with an online softmax: keeping the
 log-sum-exp ``lse`` of each query row, ``out ← out·e^{lse−lse'} + o_blk·e^{lse_blk−lse'}`` with
-``lse' = logaddexp(lse, lse_blk)``, so no ``L × S`` score matrix is ever held. Causal mask: block
-``j`` is fully visible to rank ``r > j``, causal on the diagonal ``j = r``, skipped for ``j > r``
-(no load balancing: with the causal mask the last rank does the most work; zigzag sharding is not
-implemented). The backward is a custom autograd function (flash-attention style: recompute each
+``lse' = logaddexp(lse, lse_blk)``, so no ``L × S`` score matrix is ever held. Causal mask,
+contiguous layout: block ``j`` is fully visible to rank ``r > j``, causal on the diagonal
+``j = r``, skipped for ``j > r`` — so the last rank computes ``P×`` the first's scores. The
+``zigzag`` layout (Colossal-AI's and Megatron's load balancing) gives every rank the same work:
+from an earlier rank only the first half of its block is visible, from a later rank only our
+second half sees its block, so each off-diagonal step computes exactly half a block. The backward is a custom autograd function (flash-attention style: recompute each
 block's probabilities from the saved ``lse``): dQ accumulates locally while the dK/dV of each
 block travel round the ring *with* their K/V block and arrive back at the owner after ``P``
 hops. Memory is ``O(L·D)`` per rank besides one ``L × L`` score block. Each K/V hop is started
@@ -46,7 +49,7 @@ Example (per rank)::
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -56,11 +59,17 @@ from torch import nn
 from ptrain.core import comm
 from ptrain.core.comm import GroupLike
 
+SequenceLayout = Literal["contiguous", "zigzag"]
+LAYOUTS: tuple[str, ...] = ("contiguous", "zigzag")
+
 __all__ = [
+    "LAYOUTS",
     "RingAttention",
+    "SequenceLayout",
     "UlyssesAttention",
     "average_gradients",
     "ring_attention",
+    "sequence_positions",
     "shard_sequence",
     "ulysses_attention",
 ]
@@ -68,34 +77,67 @@ __all__ = [
 
 # --------------------------------------------------------------------------- sharding helpers
 def shard_sequence(
-    tokens: torch.Tensor, group: GroupLike = None, seq_dim: int = 1
+    tokens: torch.Tensor,
+    group: GroupLike = None,
+    seq_dim: int = 1,
+    layout: SequenceLayout = "contiguous",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's contiguous slice of the sequence and its global positions.
+    """This rank's part of the sequence and its global positions.
 
     Args:
         tokens: the full batch, e.g. token ids ``(B, S)`` (any tensor with the sequence at
             ``seq_dim``); the same on every rank of ``group``.
         group: the sequence-parallel group (``P`` ranks).
         seq_dim: the sequence dimension.
+        layout: ``contiguous``: rank ``r`` holds positions ``r·S/P … (r+1)·S/P − 1``.
+            ``zigzag``: the sequence is cut into ``2P`` chunks and rank ``r`` holds chunks ``r``
+            and ``2P−1−r`` (in that order), which balances the causal-mask work of ring
+            attention. Pass the same ``layout`` to the attention.
 
     Returns:
-        ``(local, position_ids)``: ``local`` is ``tokens`` narrowed to positions
-        ``r·S/P … (r+1)·S/P − 1`` along ``seq_dim``; ``position_ids`` ``(S/P,)`` int64 holds
-        those global positions (pass them to ``GPT.forward``).
+        ``(local, position_ids)``: ``local`` is this rank's ``S/P`` positions of ``tokens``
+        along ``seq_dim``; ``position_ids`` ``(S/P,)`` int64 holds their global positions (pass
+        them to ``GPT.forward``).
 
     Raises:
-        ValueError: ``S`` is not divisible by ``P``.
+        ValueError: ``S`` is not divisible by ``P`` (``2P`` for zigzag), or an unknown layout.
     """
     size, rank = comm.group_size(group), comm.group_rank(group)
     seq = tokens.shape[seq_dim]
-    if seq % size != 0:
+    positions = sequence_positions(seq, size, rank, layout, device=tokens.device)
+    if layout == "contiguous":
+        return tokens.narrow(seq_dim, int(positions[0]), positions.numel()), positions
+    return tokens.index_select(seq_dim, positions), positions
+
+
+def sequence_positions(
+    seq: int,
+    size: int,
+    rank: int,
+    layout: SequenceLayout = "contiguous",
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The global positions rank ``rank`` of ``size`` holds under ``layout`` (see
+    ``shard_sequence``), as an int64 tensor of ``seq // size`` entries."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    parts = size if layout == "contiguous" else 2 * size
+    if seq % parts != 0:
         raise ValueError(
-            f"sequence length {seq} is not divisible by the sequence-parallel group size {size}; "
-            f"pad or crop the sequence to a multiple of {size}"
+            f"sequence length {seq} is not divisible by the sequence-parallel group size {size}"
+            + ("" if layout == "contiguous" else f" × 2 (the zigzag layout cuts {parts} chunks)")
+            + f"; pad or crop the sequence to a multiple of {parts}"
         )
-    local = seq // size
-    positions = torch.arange(rank * local, (rank + 1) * local, device=tokens.device)
-    return tokens.narrow(seq_dim, rank * local, local), positions
+    if layout == "contiguous":
+        local = seq // size
+        return torch.arange(rank * local, (rank + 1) * local, device=device)
+    chunk = seq // parts
+    return torch.cat(
+        [
+            torch.arange(rank * chunk, (rank + 1) * chunk, device=device),
+            torch.arange((parts - 1 - rank) * chunk, (parts - rank) * chunk, device=device),
+        ]
+    )
 
 
 def average_gradients(module: nn.Module, group: GroupLike = None) -> None:
@@ -131,8 +173,30 @@ def _block_scores(q: torch.Tensor, k: torch.Tensor, scale: float, diagonal: bool
     return scores
 
 
-def _visible(source: int, rank: int, causal: bool) -> bool:
-    return not causal or source <= rank
+_ALL = slice(None)
+
+
+def _block_plan(
+    source: int, rank: int, size: int, local: int, causal: bool, layout: str
+) -> tuple[slice, slice, bool] | None:
+    """Which query rows of this rank see which key rows of ``source``'s block.
+
+    Returns ``(query_rows, key_rows, diagonal)`` (``diagonal``: causal mask inside the block,
+    whose local order is position order), or ``None`` when nothing is visible.
+    """
+    if not causal:
+        return _ALL, _ALL, False
+    if source == rank:
+        return _ALL, _ALL, True
+    if layout == "contiguous":
+        return (_ALL, _ALL, False) if source < rank else None
+    # zigzag: rank r holds chunks (r, 2P−1−r). An earlier rank's first chunk is visible to both
+    # of ours and its second chunk to neither; a later rank's whole block is visible to our
+    # second chunk only. Every rank computes the same amount: balanced.
+    half = local // 2
+    if source < rank:
+        return _ALL, slice(0, half), False
+    return slice(half, local), _ALL, False
 
 
 class _RingHop:
@@ -175,37 +239,45 @@ class _RingAttention(torch.autograd.Function):
         v: torch.Tensor,
         causal: bool,
         scale: float,
+        layout: str,
         pg: dist.ProcessGroup | None,
         label: str,
     ) -> torch.Tensor:
         size, rank = dist.get_world_size(pg), dist.get_rank(pg)
+        local = q.shape[-2]
         out = torch.zeros_like(q)  # (B, H, L, D)
         lse = torch.full(q.shape[:-1], float("-inf"), dtype=q.dtype, device=q.device)  # (B,H,L)
         kv = torch.stack([k, v])  # (2, B, H, L, D): one message per hop
         for step in range(size):
             source = (rank - step) % size  # the rank whose K/V block is here now
             hop = _RingHop(kv, pg, label, "forward") if step < size - 1 else None
-            if _visible(source, rank, causal):
-                scores = _block_scores(q, kv[0], scale, causal and source == rank)
-                block_lse = torch.logsumexp(scores, dim=-1)  # (B, H, L)
-                block_out = torch.matmul(torch.exp(scores - block_lse.unsqueeze(-1)), kv[1])
-                new_lse = torch.logaddexp(lse, block_lse)
-                out = out * torch.exp(lse - new_lse).unsqueeze(-1) + block_out * torch.exp(
-                    block_lse - new_lse
-                ).unsqueeze(-1)
-                lse = new_lse
+            plan = _block_plan(source, rank, size, local, causal, layout)
+            if plan is not None:
+                rows, cols, diagonal = plan
+                scores = _block_scores(q[..., rows, :], kv[0][..., cols, :], scale, diagonal)
+                block_lse = torch.logsumexp(scores, dim=-1)  # (B, H, rows)
+                block_out = torch.matmul(
+                    torch.exp(scores - block_lse.unsqueeze(-1)), kv[1][..., cols, :]
+                )
+                old_lse = lse[..., rows]
+                new_lse = torch.logaddexp(old_lse, block_lse)
+                out[..., rows, :] = out[..., rows, :] * torch.exp(old_lse - new_lse).unsqueeze(
+                    -1
+                ) + block_out * torch.exp(block_lse - new_lse).unsqueeze(-1)
+                lse[..., rows] = new_lse
             if hop is not None:
                 kv = hop.wait()
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.causal, ctx.scale, ctx.pg, ctx.label = causal, scale, pg, label
+        ctx.causal, ctx.scale, ctx.layout, ctx.pg, ctx.label = causal, scale, layout, pg, label
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
         q, k, v, out, lse = ctx.saved_tensors
-        causal, scale, pg, label = ctx.causal, ctx.scale, ctx.pg, ctx.label
+        causal, scale, layout, pg, label = ctx.causal, ctx.scale, ctx.layout, ctx.pg, ctx.label
         size, rank = dist.get_world_size(pg), dist.get_rank(pg)
         nxt, prev = (rank + 1) % size, (rank - 1) % size
+        local = q.shape[-2]
         grad_out = grad_out.contiguous()
         delta = (grad_out * out).sum(dim=-1, keepdim=True)  # (B, H, L, 1)
         grad_q = torch.zeros_like(q)
@@ -214,20 +286,24 @@ class _RingAttention(torch.autograd.Function):
         for step in range(size):
             source = (rank - step) % size
             hop = _RingHop(kv, pg, label, "backward") if step < size - 1 else None
-            if _visible(source, rank, causal):
-                scores = _block_scores(q, kv[0], scale, causal and source == rank)
-                probs = torch.exp(scores - lse.unsqueeze(-1))  # (B, H, L, L)
-                grad_probs = torch.matmul(grad_out, kv[1].transpose(-1, -2))
-                grad_scores = probs * (grad_probs - delta) * scale
-                grad_q += torch.matmul(grad_scores, kv[0])
-                grad_kv[0] += torch.matmul(grad_scores.transpose(-1, -2), q)
-                grad_kv[1] += torch.matmul(probs.transpose(-1, -2), grad_out)
+            plan = _block_plan(source, rank, size, local, causal, layout)
+            if plan is not None:
+                rows, cols, diagonal = plan
+                q_rows, grad_rows = q[..., rows, :], grad_out[..., rows, :]
+                block_k, block_v = kv[0][..., cols, :], kv[1][..., cols, :]
+                scores = _block_scores(q_rows, block_k, scale, diagonal)
+                probs = torch.exp(scores - lse[..., rows].unsqueeze(-1))  # (B, H, rows, cols)
+                grad_probs = torch.matmul(grad_rows, block_v.transpose(-1, -2))
+                grad_scores = probs * (grad_probs - delta[..., rows, :]) * scale
+                grad_q[..., rows, :] += torch.matmul(grad_scores, block_k)
+                grad_kv[0][..., cols, :] += torch.matmul(grad_scores.transpose(-1, -2), q_rows)
+                grad_kv[1][..., cols, :] += torch.matmul(probs.transpose(-1, -2), grad_rows)
             # the grads follow their block to the next rank; after the last step (P hops in
             # all) each block's dK/dV arrive at the rank that owns it
             grad_kv = comm._raw_send_recv(grad_kv, nxt, prev, pg, label, "backward")
             if hop is not None:
                 kv = hop.wait()
-        return grad_q, grad_kv[0], grad_kv[1], None, None, None, None
+        return grad_q, grad_kv[0], grad_kv[1], None, None, None, None, None
 
 
 def ring_attention(
@@ -237,28 +313,37 @@ def ring_attention(
     group: GroupLike = None,
     causal: bool = True,
     scale: float | None = None,
+    layout: SequenceLayout = "contiguous",
 ) -> torch.Tensor:
-    """Exact softmax attention over a sequence sharded contiguously over ``group``.
+    """Exact softmax attention over a sequence sharded over ``group`` (K/V passed round a ring).
 
     Args:
-        q: this rank's queries ``(B, H, L, D)`` for global positions ``r·L … (r+1)·L − 1``.
+        q: this rank's queries ``(B, H, L, D)`` at the positions ``shard_sequence`` gives it.
         k: this rank's keys, same shape and positions.
         v: this rank's values, same shape and positions.
         group: the sequence-parallel group (``P`` ranks, every rank the same ``L``).
         causal: apply the causal mask over *global* positions.
         scale: score scale (default ``1/sqrt(D)``, as ``scaled_dot_product_attention``).
+        layout: how the sequence is sharded (``contiguous`` or the load-balanced ``zigzag``;
+            see ``shard_sequence``).
 
     Returns:
-        This rank's output rows ``(B, H, L, D)``, equal to rows ``r·L … (r+1)·L − 1`` of
-        ``scaled_dot_product_attention`` on the gathered sequence. Differentiable in q, k, v.
+        This rank's output rows ``(B, H, L, D)``, equal to the rows at this rank's positions of
+        ``scaled_dot_product_attention`` on the whole sequence. Differentiable in q, k, v.
     """
     _check_qkv(q, k, v)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     pg, label = comm._prepare(group)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if dist.get_world_size(pg) == 1:
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    if layout == "zigzag" and q.shape[-2] % 2 != 0:
+        raise ValueError(
+            f"the zigzag layout holds two equal chunks per rank; local length {q.shape[-2]} is odd"
+        )
     result: torch.Tensor = _RingAttention.apply(
-        q.contiguous(), k.contiguous(), v.contiguous(), causal, scale, pg, label
+        q.contiguous(), k.contiguous(), v.contiguous(), causal, scale, layout, pg, label
     )
     return result
 
@@ -271,6 +356,7 @@ def ulysses_attention(
     group: GroupLike = None,
     causal: bool = True,
     scale: float | None = None,
+    layout: SequenceLayout = "contiguous",
 ) -> torch.Tensor:
     """Attention over a sequence sharded over ``group`` by swapping to head sharding (all-to-all).
 
@@ -281,6 +367,8 @@ def ulysses_attention(
         group: the sequence-parallel group (``P`` ranks); ``H`` must be divisible by ``P``.
         causal: apply the causal mask over global positions.
         scale: score scale (default ``1/sqrt(D)``).
+        layout: how the sequence is sharded (``shard_sequence``); Ulysses's work is balanced
+            either way, ``zigzag`` is accepted so one sharding serves both attentions.
 
     Returns:
         This rank's output rows ``(B, H, L, D)``. Differentiable in q, k, v.
@@ -298,6 +386,12 @@ def ulysses_attention(
         )
     if size == 1:
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    # gathered index j (rank-major) holds global position order[j]
+    order = None
+    if layout != "contiguous":
+        order = torch.cat(
+            [sequence_positions(size * local, size, p, layout, q.device) for p in range(size)]
+        )
     group_heads = heads // size
     # (3, B, H, L, D) -> (P, 3, B, H/P, L, D): head group j goes to rank j
     qkv = torch.stack([q, k, v]).view(3, batch, size, group_heads, local, head_dim)
@@ -305,7 +399,11 @@ def ulysses_attention(
     received = comm.all_to_all(qkv.contiguous(), group=group)  # (P=source/seq chunk, 3, ...)
     # -> (3, B, H/P, P·L = S, D)
     full = received.permute(1, 2, 3, 0, 4, 5).reshape(3, batch, group_heads, size * local, head_dim)
+    if order is not None:  # into position order for the causal mask
+        full = full.index_select(3, torch.argsort(order))
     out = F.scaled_dot_product_attention(full[0], full[1], full[2], is_causal=causal, scale=scale)
+    if order is not None:  # back to rank-major order
+        out = out.index_select(2, order)
     # (B, H/P, S, D) -> (P=seq chunk, B, H/P, L, D): sequence chunk j goes back to rank j
     out = out.reshape(batch, group_heads, size, local, head_dim).permute(2, 0, 1, 3, 4)
     back = comm.all_to_all(out.contiguous(), group=group)  # (P=source/head group, B, H/P, L, D)
@@ -316,24 +414,30 @@ def ulysses_attention(
 class RingAttention(nn.Module):
     """``ring_attention`` as a module: a drop-in ``gpt.Attention.core`` for sequence shards."""
 
-    def __init__(self, group: GroupLike = None, causal: bool = True) -> None:
+    def __init__(
+        self, group: GroupLike = None, causal: bool = True, layout: SequenceLayout = "contiguous"
+    ) -> None:
         super().__init__()
         self.group = group
         self.causal = causal
+        self.layout: SequenceLayout = layout
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``(B, H, L, D)`` × 3 → ``(B, H, L, D)``."""
-        return ring_attention(q, k, v, self.group, causal=self.causal)
+        return ring_attention(q, k, v, self.group, causal=self.causal, layout=self.layout)
 
 
 class UlyssesAttention(nn.Module):
     """``ulysses_attention`` as a module: a drop-in ``gpt.Attention.core`` for sequence shards."""
 
-    def __init__(self, group: GroupLike = None, causal: bool = True) -> None:
+    def __init__(
+        self, group: GroupLike = None, causal: bool = True, layout: SequenceLayout = "contiguous"
+    ) -> None:
         super().__init__()
         self.group = group
         self.causal = causal
+        self.layout: SequenceLayout = layout
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``(B, H, L, D)`` × 3 → ``(B, H, L, D)``."""
-        return ulysses_attention(q, k, v, self.group, causal=self.causal)
+        return ulysses_attention(q, k, v, self.group, causal=self.causal, layout=self.layout)
