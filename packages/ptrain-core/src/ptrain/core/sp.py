@@ -15,10 +15,11 @@ log-sum-exp ``lse`` of each query row, ``out ← out·e^{lse−lse'} + o_blk·e^
 ``lse' = logaddexp(lse, lse_blk)``, so no ``L × S`` score matrix is ever held. Causal mask,
 contiguous layout: block ``j`` is fully visible to rank ``r > j``, causal on the diagonal
 ``j = r``, skipped for ``j > r`` — so the last rank computes ``P×`` the first's scores. The
-``zigzag`` layout (Colossal-AI's and Megatron's load balancing) gives every rank the same work:
-from an earlier rank only the first half of its block is visible, from a later rank only our
-second half sees its block, so each off-diagonal step computes exactly half a block. The backward is a custom autograd function (flash-attention style: recompute each
-block's probabilities from the saved ``lse``): dQ accumulates locally while the dK/dV of each
+``zigzag`` layout (the load balancing of Colossal-AI's ``ring_attn``) gives every rank the same
+work: from an earlier rank only the first half of its block is visible, from a later rank only
+our second half sees its block, so each off-diagonal step computes exactly half a block. The
+backward is a custom autograd function (flash-attention style: recompute each block's
+probabilities from the saved ``lse``): dQ accumulates locally while the dK/dV of each
 block travel round the ring *with* their K/V block and arrive back at the owner after ``P``
 hops. Memory is ``O(L·D)`` per rank besides one ``L × L`` score block. Each K/V hop is started
 before the block's compute and waited after it (``batch_isend_irecv``), so the transfer
