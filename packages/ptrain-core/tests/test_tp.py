@@ -236,3 +236,49 @@ def test_bad_sizes_name_the_dims() -> None:
     assert "3D needs a cube tp size (1, 8, 27, 64" in cube and "got 4" in cube
     assert "in_features (9)" in linear and "divisible by 2" in linear
     assert "n_heads (3)" in heads
+
+
+def _dp_mixed_case(rank: int, world_size: int) -> dict[str, float]:
+    """dp_shard=2 × tp=4: TP groups per data-parallel replica; blocks of two modes in one GPT."""
+    from ptrain.core.tp import LayoutWrapper
+
+    dims = ParallelDims(dp_shard=2, tp=4, world_size=world_size)
+    mesh = dims.build_mesh("cpu")
+    groups_2d = build_tp_groups("2d", dims.get_mesh("tp"))
+    groups_1d = build_tp_groups("1d", dims.get_mesh("tp"))
+    config = _config()
+    serial = GPT(config).double()
+    serial.init_weights(seed=1)
+    tokens, targets = synthetic_batch(config, 8, seed=mesh["dp_shard"].get_local_rank())
+    logits = serial(tokens)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    loss.backward()
+    errors = {}
+    model = apply_tp(GPT(config, device="meta"), "2d", groups_2d, device="cpu").double()
+    model.init_weights(seed=1)
+    errors["2d_loss"] = abs(
+        tp_cross_entropy(model(tokens), targets, groups_2d).item() - loss.item()
+    )
+    mixed = GPT(config).double()
+    mixed.init_weights(seed=1)
+    mixed.blocks[0] = LayoutWrapper(apply_tp(mixed.blocks[0], "1d", groups_1d), "1d", groups_1d)
+    mixed.blocks[1] = LayoutWrapper(apply_tp(mixed.blocks[1], "2d", groups_2d), "2d", groups_2d)
+    mixed_logits = mixed(tokens)
+    mixed_loss = F.cross_entropy(mixed_logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    mixed_loss.backward()
+    errors["mixed_loss"] = abs(mixed_loss.item() - loss.item())
+    errors["mixed_emb_grad"] = (
+        (mixed.tok_emb.weight.grad - serial.tok_emb.weight.grad).abs().max().item()
+    )
+    grads = _full_grads(mixed.blocks[1].module)
+    errors["mixed_block_grad"] = max(
+        (grads[name] - p.grad).abs().max().item() for name, p in serial.blocks[1].named_parameters()
+    )
+    return errors
+
+
+@pytest.mark.distributed
+def test_dp_times_tp_and_mixed_modes() -> None:
+    for rank, errors in enumerate(run_distributed(_dp_mixed_case, 8, timeout=120)):
+        bad = {k: v for k, v in errors.items() if v > ATOL}
+        assert not bad, f"rank {rank}: {bad}"
