@@ -14,9 +14,11 @@ Where the state dict comes from:
   prefixes) — or ``model.state_dict()`` without a process group.
 
 Optimizer state (optional) goes through torch's ``get_optimizer_state_dict`` /
-``set_optimizer_state_dict`` (keyed by parameter names, so it reshards too); for a
-:class:`~ptrain.core.data_parallel.ZeroRedundancyOptimizer` each rank saves the state of the
-tensors it owns, under their names.
+``set_optimizer_state_dict``, keyed by parameter names, so it reshards too: the state tensors of
+``ptrain.core.tp`` shards are described as DTensors with their parameter's placements, and a
+:class:`~ptrain.core.data_parallel.ZeroRedundancyOptimizer` rank saves the state of the tensors
+it owns under their names. Param-group hyperparameters (lr, betas, ...) are not restored: they
+come from the optimizer as built by the resuming run (LR schedules are functions of the step).
 
 Atomicity: all ranks write into ``<path>.partial``; after every rank has finished, rank 0 writes
 ``ptrain.json`` (step, user metadata) and renames the directory to ``<path>`` (an older ``<path>``
@@ -26,6 +28,7 @@ checkpoint or none under ``<path>``, never a half-written one.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -104,22 +107,47 @@ def load_model_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -> No
     set_model_state_dict(model, dict(state_dict))
 
 
-def _optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def _optimizer_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, templates: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The optimizer state keyed by parameter names; state tensors of ``ptrain.core.tp``
+    shards are described as DTensors like their parameter (``templates``), so they reshard."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    from torch.distributed.tensor import DTensor
 
     from ptrain.core.data_parallel import ZeroRedundancyOptimizer
 
     inner = optimizer.optim if isinstance(optimizer, ZeroRedundancyOptimizer) else optimizer
-    return dict(get_optimizer_state_dict(model, inner))
+    state = dict(get_optimizer_state_dict(model, inner))
+    for name, entry in state.get("state", {}).items():
+        template = templates.get(name)
+        if not isinstance(template, DTensor) or not isinstance(entry, dict):
+            continue
+        local_shape = template.to_local().shape
+        for key, value in list(entry.items()):
+            plain = isinstance(value, torch.Tensor) and not isinstance(value, DTensor)
+            if plain and value.ndim > 0 and value.shape == local_shape:
+                entry[key] = DTensor.from_local(
+                    value, template.device_mesh, template.placements, run_check=False,
+                    shape=template.shape, stride=template.stride(),
+                )  # fmt: skip
+    return state
 
 
 def _set_optimizer_state(
-    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], tp_model: bool
 ) -> None:
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+    from torch.distributed.tensor import DTensor
 
     from ptrain.core.data_parallel import ZeroRedundancyOptimizer
 
+    if tp_model:  # back from the DTensor description to the plain local shards
+        for entry in state.get("state", {}).values():
+            if isinstance(entry, dict):
+                for key, value in list(entry.items()):
+                    if isinstance(value, DTensor):
+                        entry[key] = value.to_local()
     inner = optimizer.optim if isinstance(optimizer, ZeroRedundancyOptimizer) else optimizer
     set_optimizer_state_dict(model, inner, state)
 
@@ -161,7 +189,7 @@ def save(
     _barrier()
     state: dict[str, Any] = {"model": model_state_dict(model)}
     if optimizer is not None:
-        state["optim"] = _optimizer_state(model, optimizer)
+        state["optim"] = _optimizer_state(model, optimizer, state["model"])
     dcp.save(state, checkpoint_id=str(partial), no_dist=not _distributed())
     _barrier()
     if _rank() == 0:
@@ -237,9 +265,13 @@ def load(
     info = read_metadata(path)
     if optimizer is not None and not info.get("has_optimizer"):
         raise CheckpointError(f"{path}: the checkpoint holds no optimizer state")
+    own_groups: Any = None
     state: dict[str, Any] = {"model": model_state_dict(model)}
     if optimizer is not None:
-        state["optim"] = _optimizer_state(model, optimizer)
+        state["optim"] = _optimizer_state(model, optimizer, state["model"])
+        # Param-group hyperparameters are kept from the optimizer as built now (ZeRO-1 ranks
+        # hold different groups, which DCP would store only once); the state tensors reshard.
+        own_groups = copy.deepcopy(state["optim"].get("param_groups"))
     try:
         dcp.load(state, checkpoint_id=str(path), no_dist=not _distributed())
     except Exception as error:  # DCP wraps per-rank failures; keep one readable line
@@ -248,5 +280,7 @@ def load(
         raise CheckpointError(f"{path}: does not fit this model ({detail[:300]})") from error
     load_model_state_dict(model, state["model"])
     if optimizer is not None:
-        _set_optimizer_state(model, optimizer, state["optim"])
+        if own_groups is not None:
+            state["optim"]["param_groups"] = own_groups
+        _set_optimizer_state(model, optimizer, state["optim"], _uses_ptrain_tp(_inner(model)))
     return info

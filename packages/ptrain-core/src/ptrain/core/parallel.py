@@ -306,11 +306,11 @@ def parallelize(
             model's sizes are not divisible by the degrees (names the dims).
     """
     plan = ParallelPlan.from_any(plan)
-    if not dist.is_initialized():
-        raise RuntimeError("parallelize needs a process group: call init_distributed() first")
     blocks = _blocks(model)
     modes = plan.validate(dims, len(blocks))
     _check_divisible(model, dims, modes, plan)
+    if not dist.is_initialized():
+        raise RuntimeError("parallelize needs a process group: call init_distributed() first")
     if dims.pp > 1:
         raise NotImplementedError(
             "parallelize with pp > 1: split the model with ptrain.core.pipeline first"
