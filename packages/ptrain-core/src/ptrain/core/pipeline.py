@@ -260,6 +260,8 @@ class Pipeline:
         schedule_name: ``gpipe``, ``1f1b`` or ``interleaved``.
         microbatches: micro-batches per ``step``.
         group: the pipeline process group (``None``: the world).
+        last_rank: global rank holding the last stage (it broadcasts the loss).
+        device: where this rank's stages live.
     """
 
     modules: list[PipelineChunk]
@@ -269,6 +271,7 @@ class Pipeline:
     microbatches: int
     group: dist.ProcessGroup | None
     last_rank: int = field(default=0)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def parameters(self) -> Iterator[nn.Parameter]:
         """Every parameter this rank holds (for the optimizer)."""
@@ -325,7 +328,7 @@ class Pipeline:
             loss = torch.stack([value.detach() for value in losses]).mean()
         else:
             loss = torch.zeros((), dtype=torch.float64)
-        loss = loss.to(torch.float64)
+        loss = loss.to(device=self.device, dtype=torch.float64)  # NCCL needs it on the GPU
         dist.broadcast(loss, src=self.last_rank, group=self.group)
         return loss
 
@@ -415,7 +418,9 @@ def build_pipeline(
         runner = ScheduleInterleaved1F1B(stages, microbatches, loss_fn=loss, scale_grads=True)
     # the last stage (index p·v − 1) lives on pipeline rank p − 1 for every placement here
     last_rank = dist.get_global_rank(pg, pp_size - 1) if pg is not None else pp_size - 1
-    return Pipeline(modules, stages, runner, schedule, microbatches, pg, last_rank)
+    return Pipeline(
+        modules, stages, runner, schedule, microbatches, pg, last_rank, device=torch_device
+    )
 
 
 def _mean_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
