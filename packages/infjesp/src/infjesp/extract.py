@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from infjesp.bestresponse import BestResponsePOMDP, build_best_response
-from infjesp.fsc import FSC, evaluate_joint
+from infjesp.fsc import FSC, evaluate_joint_at, evaluate_value
 from infjesp.model import DecPOMDP
 from infjesp.pbvi import AlphaVectors, SolveResult, solve
 
@@ -148,6 +148,39 @@ def controller_alphas(
     return values[:, k, s], fsc.actions, fsc.transitions
 
 
+def controller_rows(br: BestResponsePOMDP, fsc: FSC, num_states: int) -> np.ndarray:
+    """``(N_i, E)`` flat joint indices ``k·S + s`` of (own node n, the BR state's (s, k_-i)).
+
+    ``evaluate_joint_at(model, fscs, rows.ravel())`` then gives :func:`controller_alphas`
+    without solving the whole joint system.
+    """
+    s, k = br.state_index[:, 0], br.state_index[:, 1]
+    shape = (fsc.num_nodes, s.size)
+    other_digits = iter(np.unravel_index(k, br.other_sizes) if br.other_sizes else ())
+    other_sizes = iter(br.other_sizes)
+    digits: list[np.ndarray] = []
+    sizes: list[int] = []
+    for j in range(len(br.other_sizes) + 1):
+        if j == br.agent:
+            digits.append(np.broadcast_to(np.arange(fsc.num_nodes)[:, None], shape))
+            sizes.append(fsc.num_nodes)
+        else:
+            digits.append(np.broadcast_to(next(other_digits)[None, :], shape))
+            sizes.append(next(other_sizes))
+    joint = np.ravel_multi_index(tuple(digits), tuple(sizes))
+    return joint * num_states + s[None, :]
+
+
+def seeded_alphas(
+    model: DecPOMDP, br: BestResponsePOMDP, fscs: Sequence[FSC]
+) -> tuple[float, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The current joint value and :func:`controller_alphas`, from the reachable part only."""
+    fsc = fscs[br.agent]
+    rows = controller_rows(br, fsc, model.num_states)
+    value, values = evaluate_joint_at(model, fscs, rows.ravel())
+    return value, (values.reshape(rows.shape), fsc.actions, fsc.transitions)
+
+
 def policy_graph_fsc(br: BestResponsePOMDP, result: SolveResult, max_nodes: int) -> FSC | None:
     """The FSC that follows the solver's policy graph from the best α-vector at b0.
 
@@ -204,14 +237,14 @@ def best_response(
     """
     started = time.perf_counter()
     br = build_best_response(model, fscs, agent)
-    current = evaluate_joint(model, fscs)
+    _, initial = seeded_alphas(model, br, fscs)
     result = solve(
         br,
         epsilon=epsilon,
         max_beliefs=max_beliefs,
         time_limit=time_limit,
         rng=rng,
-        initial=controller_alphas(br, fscs[agent], current.V),
+        initial=initial,
     )
     joint = list(fscs)
     # minimized(): behaviourally equal nodes merged (same value), so the next best responses,
@@ -220,19 +253,19 @@ def best_response(
         br, result.alphas, max_nodes=max_nodes, belief_merge_gap=belief_merge_gap
     ).minimized()
     joint[agent] = fsc
-    value = evaluate_joint(model, joint).value
+    value = evaluate_value(model, joint)
     if fsc.num_nodes >= max_nodes:  # the cap was hit: also try linking by α-value, keep the best
         alt = extract_fsc(
             br, result.alphas, max_nodes=max_nodes, belief_merge_gap=belief_merge_gap, link="value"
         ).minimized()
         joint[agent] = alt
-        alt_value = evaluate_joint(model, joint).value
+        alt_value = evaluate_value(model, joint)
         if alt_value > value:
             fsc, value = alt, alt_value
     graph_fsc = policy_graph_fsc(br, result, max_nodes)
     if graph_fsc is not None:  # lossless: worth at least the lower bound at b0
         joint[agent] = graph_fsc
-        graph_value = evaluate_joint(model, joint).value
+        graph_value = evaluate_value(model, joint)
         if graph_value > value:
             fsc, value = graph_fsc, graph_value
     return BestResponseResult(

@@ -43,6 +43,8 @@ _ERROR_BASES: tuple[type[Exception], ...] = (
 FSC_FORMAT = "infjesp-fsc/1"
 # Above this many unknowns (joint nodes × states) the linear system is solved sparse.
 _DENSE_LIMIT = 1500
+# Up to this many unknowns evaluate_joint_at factorises the restricted system directly.
+_DIRECT_LIMIT = 200_000
 
 
 class FSCError(*_ERROR_BASES):  # type: ignore[misc]
@@ -320,6 +322,85 @@ def evaluate_joint(
     A = (scipy.sparse.identity(r.size, format="csr") - M).tocsr()
     V = np.linalg.solve(A.toarray(), r) if r.size <= _DENSE_LIMIT else _solve_sparse(A, r)
     return _value_at_start(model, fscs, V)
+
+
+def _closure(M: scipy.sparse.csr_array, sources: np.ndarray) -> np.ndarray:
+    """Sorted indices of the rows reachable from ``sources`` along the non-zeros of ``M``."""
+    reached = np.zeros(M.shape[0], dtype=bool)
+    frontier = np.unique(np.asarray(sources, dtype=np.int64))
+    reached[frontier] = True
+    indptr, indices = M.indptr, M.indices
+    while frontier.size:
+        lengths = indptr[frontier + 1] - indptr[frontier]
+        if not lengths.sum():
+            break
+        starts = np.repeat(
+            indptr[frontier] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths
+        )
+        successors = np.unique(indices[np.arange(int(lengths.sum())) + starts])
+        frontier = successors[~reached[successors]]
+        reached[frontier] = True
+    return np.flatnonzero(reached)
+
+
+def evaluate_joint_at(
+    model: DecPOMDP,
+    fscs: Sequence[FSC],
+    rows: np.ndarray | None = None,
+    discount: float | None = None,
+) -> tuple[float, np.ndarray]:
+    """Exact values of a joint FSC, solved only over the (joint node, state) pairs that matter.
+
+    The linear system of :func:`evaluate_joint` restricted to the pairs reachable from the start
+    (joint start node, supp b0) and from ``rows`` is closed under successors, so its solution is
+    exact there. On problems whose joint controllers reach few of their ``K·S`` pairs (Mars:
+    ~2,700 of 640,000 for two 50-node controllers) it is orders of magnitude faster.
+
+    Args:
+        model: the Dec-POMDP.
+        fscs: one FSC per agent.
+        rows: flat indices ``k·S + s`` (k the joint node, last agent fastest) whose values are
+            wanted besides the value at b0; None for none.
+        discount: γ instead of ``model.discount``.
+
+    Returns:
+        ``(V(b0), V[rows])`` (an empty array when ``rows`` is None).
+
+    Raises:
+        FSCError: as :func:`evaluate_joint`.
+    """
+    gamma = float(model.discount if discount is None else discount)
+    if not 0.0 <= gamma < 1.0:
+        raise FSCError(
+            f"infinite-horizon evaluation needs a discount in [0, 1), got {gamma:g}; "
+            "override the file's discount with --discount (e.g. --discount 0.9)"
+        )
+    check_fscs(model, fscs)
+    M, r = _transition_matrix(model, fscs, gamma)
+    S = model.num_states
+    sizes = tuple(f.num_nodes for f in fscs)
+    k0 = int(np.ravel_multi_index(tuple(f.start for f in fscs), sizes))
+    b0 = np.asarray(model.b0, dtype=float)
+    start_rows = k0 * S + np.flatnonzero(b0 > 0)
+    wanted = np.asarray([] if rows is None else rows, dtype=np.int64)
+    keep = _closure(M, np.concatenate([start_rows, wanted]))
+    A = (scipy.sparse.identity(keep.size, format="csr") - M[keep][:, keep]).tocsr()
+    r_keep = r[keep]
+    if keep.size <= _DENSE_LIMIT:
+        V = np.linalg.solve(A.toarray(), r_keep)
+    elif keep.size <= _DIRECT_LIMIT:
+        V = scipy.sparse.linalg.splu(A.tocsc()).solve(r_keep)
+    else:
+        V = _solve_sparse(A, r_keep)
+    position = np.full(r.size, -1, dtype=np.int64)
+    position[keep] = np.arange(keep.size)
+    value = float(b0[b0 > 0] @ V[position[start_rows]])
+    return value, V[position[wanted]]
+
+
+def evaluate_value(model: DecPOMDP, fscs: Sequence[FSC], discount: float | None = None) -> float:
+    """The exact value V(b0) of a joint FSC (:func:`evaluate_joint_at` without extra rows)."""
+    return evaluate_joint_at(model, fscs, None, discount)[0]
 
 
 def _solve_sparse(A: scipy.sparse.csr_array, r: np.ndarray) -> np.ndarray:

@@ -68,7 +68,7 @@ import numpy as np
 
 from infjesp.errors import InfJespError
 from infjesp.finite import brute_force_optimum, tree_size
-from infjesp.fsc import FSC, evaluate_joint
+from infjesp.fsc import FSC, evaluate_value
 from infjesp.model import DecPOMDP, best_constant_joint_action, mdp_q_values
 
 __all__ = [
@@ -409,7 +409,7 @@ def reactive_init(model: DecPOMDP, max_nodes: int = 50) -> list[FSC]:
 
     def value(choice: list[np.ndarray]) -> float:
         fscs = [_reactive_fsc(a, z) for a, z in zip(choice, model.num_observations, strict=True)]
-        return evaluate_joint(model, fscs).value
+        return evaluate_value(model, fscs)
 
     counts = [a**n for a, n in zip(model.num_actions, sizes, strict=True)]
     if math.prod(counts) <= REACTIVE_MAX_JOINT:

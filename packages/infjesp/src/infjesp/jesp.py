@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from infjesp.errors import InfJespError
-from infjesp.fsc import FSC, check_fscs, evaluate_joint
+from infjesp.fsc import FSC, check_fscs, evaluate_value
 from infjesp.inits import INITS, blind_init, build_init, perturb_fsc, random_init
 from infjesp.model import DecPOMDP, best_constant_joint_action, qmdp_value
 
@@ -148,7 +148,7 @@ def exhaustive_best_response(
             for succ in itertools.product(range(n), repeat=n * num_z):
                 candidate = FSC(np.array(actions), np.array(succ).reshape(n, num_z))
                 others[agent] = candidate
-                value = evaluate_joint(model, others).value
+                value = evaluate_value(model, others)
                 if best is None or value > best[0] + 1e-12:
                     best = (value, candidate)
     if best is None:  # pragma: no cover - max_nodes >= 1 always yields a candidate
@@ -214,7 +214,7 @@ def jesp(
     options = dict(br_options or {})
     num_agents = model.num_agents
     patience = max(1, num_agents - 1)
-    value = evaluate_joint(model, fscs).value
+    value = evaluate_value(model, fscs)
     history = [value]
     iterations = nonimproving = 0
     if not 0 <= first_agent < num_agents:
@@ -428,7 +428,7 @@ def solve(
     constant_value, _ = best_constant_joint_action(model)
     if best_fscs is None or best_value < constant_value:
         best_fscs = blind_init(model)
-        best_value = evaluate_joint(model, best_fscs).value
+        best_value = evaluate_value(model, best_fscs)
         source = "blind"
     return SolveResult(
         fscs=best_fscs,

@@ -35,6 +35,8 @@ from infjesp.errors import InfJespError
 __all__ = ["AlphaVectors", "PolicyGraph", "SolveResult", "fib_upper_bound", "solve"]
 
 _TRIAL_GAP_FRACTION = 0.5
+# Stop the fast informed bound's iteration here: every iterate is an upper bound (see _fib).
+_FIB_TOL = 1e-6
 # Successor beliefs per upper-bound sweep over all stored points (skipped when larger).
 _SWEEP_BUDGET = 4000
 # Above this many (query, point entry) pairs the sawtooth first filters the points per query.
@@ -145,6 +147,7 @@ class _Model:
         valid = self.obs >= 0
         self.onehot[np.flatnonzero(valid), self.obs[valid]] = 1.0
         self.TT_stack = scipy.sparse.vstack(self.TT).tocsr()  # (A·E', E)
+        self.T_row = scipy.sparse.hstack(self.T).tocsr()  # (E, A·E'): row e = successors of e
 
     def successors(self, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """All successors of ``b``: probabilities ``(A, Z)`` and beliefs ``(A, Z, E)``."""
@@ -168,13 +171,15 @@ def fib_upper_bound(
 
 
 def _fib(m: _Model, tol: float, max_iter: int) -> np.ndarray:
-    # Start from the trivial upper value max R / (1 - γ) and iterate (a γ-contraction).
+    # Start from the trivial upper value max R / (1 - γ) and iterate (a γ-contraction). The
+    # operator is monotone and the start lies above its fixed point, so every iterate is an
+    # upper bound: stopping early (a larger ``tol``) only loosens it.
+    stacked = scipy.sparse.vstack([m.M[a][z] for a in range(m.A) for z in range(m.Z)]).tocsr()
     Q = np.full((m.E, m.A), float(m.R.max()) / (1.0 - m.gamma))
     for _ in range(max_iter):
-        new = m.R.copy()
-        for a in range(m.A):
-            for z in range(m.Z):
-                new[:, a] += m.gamma * (m.M[a][z] @ Q).max(axis=1)
+        P = np.asfortranarray(stacked @ Q)  # (A·Z·E', A'): column a' contiguous
+        best = np.maximum.reduce([P[:, a] for a in range(m.A)]).reshape(m.A, m.Z, m.E)
+        new = m.R + m.gamma * best.sum(axis=1).T
         delta = float(np.abs(new - Q).max())
         Q = new
         if delta * m.gamma / (1.0 - m.gamma) < tol:
@@ -310,7 +315,7 @@ class _Solver:
         self._node_actions = [np.arange(m.A)]
         self._node_links = [np.repeat(np.arange(m.A)[:, None], m.Z, axis=1)]
         self._num_nodes = m.A
-        self.upper = _Upper(_fib(m, 1e-9, 100_000).max(axis=1))
+        self.upper = _Upper(_fib(m, _FIB_TOL, 100_000).max(axis=1))
         self.beliefs: list[np.ndarray] = []
         self._belief_keys: set[bytes] = set()
 
@@ -385,19 +390,39 @@ class _Solver:
             self.beliefs.append(b)
 
     def backup_point(self, b: np.ndarray) -> None:
-        """Point-based backup of the lower bound at ``b``; adds the α if it improves at ``b``."""
+        """Point-based backup of the lower bound at ``b``; adds the α if it improves at ``b``.
+
+        Only the support of ``b`` and of its successors enters (beliefs are sparse on the
+        near-deterministic problems, e.g. Mars), so the cost is ``K·|supp|`` rather than ``K·E``.
+        """
         m = self.m
-        w = (m.TT_stack @ b).reshape(m.A, m.E)  # (A, E) unnormalised successors
-        split = (w[:, :, None] * m.onehot[None]).transpose(1, 0, 2).reshape(m.E, m.A * m.Z)
-        proj = (self.alphas @ split).reshape(-1, m.A, m.Z).transpose(1, 0, 2)  # (A, K, Z)
-        q = b @ m.R + m.gamma * proj.max(axis=1).sum(axis=1)  # (A,)
+        supp = np.flatnonzero(b)
+        indptr = m.T_row.indptr
+        lengths = indptr[supp + 1] - indptr[supp]
+        offsets = np.repeat(indptr[supp] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+        entries = np.arange(int(lengths.sum())) + offsets
+        cols = m.T_row.indices[entries]  # a·E + e' of every successor entry
+        vals = m.T_row.data[entries] * np.repeat(b[supp], lengths)
+        succ = cols % m.E
+        spread = np.zeros((cols.size, m.A * m.Z))  # entry -> its (a, z) bucket, weighted
+        spread[np.arange(cols.size), (cols // m.E) * m.Z + m.obs_or0[succ]] = vals
+        proj = self.alphas[:, succ] @ spread  # (K, A·Z)
+        proj = proj.reshape(-1, m.A, m.Z)
+        q = b[supp] @ m.R[supp] + m.gamma * proj.max(axis=0).sum(axis=1)  # (A,)
         a = int(np.argmax(q))
-        if q[a] <= float((self.alphas @ b).max()) + 1e-12:
+        if q[a] <= float((self.alphas[:, supp] @ b[supp]).max()) + 1e-12:
             return
-        chosen = proj[a].argmax(axis=0)  # (Z,)
+        chosen = proj[:, a, :].argmax(axis=0)  # (Z,)
         g = self.alphas[chosen[m.obs_or0], np.arange(m.E)]  # (E,)
         alpha = m.R[:, a] + m.gamma * (m.T[a] @ g)
         self.append_alpha(alpha, a, chosen)
+
+    def lower_value_sparse(self, beliefs: np.ndarray) -> np.ndarray:
+        """:meth:`lower_value` of ``(Q, E)`` beliefs over the union of their supports only."""
+        cols = np.flatnonzero(np.any(beliefs != 0, axis=0))
+        if not cols.size:
+            return np.zeros(beliefs.shape[0])
+        return (beliefs[:, cols] @ self.alphas[:, cols].T).max(axis=1)
 
     def upper_sweep(self, budget: int) -> None:
         """Back up the upper bound at every stored point (and corner) at once, within budget.
@@ -451,8 +476,7 @@ class _Solver:
             new_links[which] = chosen[a][:, which].T
         # keep only the new α-vectors that survive pruning as graph nodes (the others vanish)
         candidates = np.vstack([self.alphas, new_alphas])
-        B = np.array(self.beliefs)
-        keep = np.unique((B @ candidates.T).argmax(axis=1))
+        keep = np.unique(np.asarray(B @ candidates.T).argmax(axis=1))
         old = self._count
         fresh = keep[keep >= old] - old
         ids = np.empty(old + nb, dtype=np.int64)
@@ -464,8 +488,8 @@ class _Solver:
         """Keep the α-vectors that are maximal at some collected belief (no duplicates)."""
         if not self.beliefs:
             return
-        B = np.array(self.beliefs)
-        keep = np.unique((B @ self.alphas.T).argmax(axis=1))
+        B = scipy.sparse.csr_matrix(np.array(self.beliefs))
+        keep = np.unique(np.asarray(B @ self.alphas.T).argmax(axis=1))
         self.set_alphas(self.alphas[keep], self.actions[keep], self.ids[keep])
 
     # ------------------------------------------------------------------ trials
@@ -479,7 +503,7 @@ class _Solver:
         depth = 0
         ub = float(self.upper.values(b[None])[0])
         while depth < max_depth and time.perf_counter() < deadline:
-            lb = float(self.lower_value(b))
+            lb = float(self.lower_value_sparse(b[None])[0])
             threshold = epsilon / m.gamma**depth
             if ub - lb <= threshold:
                 break
@@ -491,7 +515,7 @@ class _Solver:
             self.upper.add(b, float(q_upper[a]), ub)
             path.append(b)
             self.add_belief(b)
-            lb_next = self.lower_value(nexts[a])
+            lb_next = self.lower_value_sparse(nexts[a])
             score = probs[a] * (ub_next[a] - lb_next - threshold / m.gamma)
             z = int(np.argmax(score))
             if probs[a, z] <= 0 or score[z] <= 0:
