@@ -9,7 +9,8 @@
    (1D, 2D q=8, 2.5D q=4 d=4, 3D q=4), analytic only.
 2. Wall time (report only: gloo on 2 shared cores is not a speed test): the same block, forward
    + backward, slowest rank's median over ``--repeats`` steps at 4 ranks (1D, 2D, 2.5D with d=1;
-   3D needs 8) against the serial block on 1 thread.
+   3D needs 8) against the serial block on 1 thread, run by rank 0 between the parallel steps
+   while the other ranks wait (interleaved, so both see the same machine load).
 
 Writes ``benchmarks/results/bench_comm.json`` by default (``--json`` to choose), in the layout
 ``tools/results_table.py`` renders (``metrics`` and ``results``).
@@ -19,15 +20,11 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ptrain.core.bench import bench_argument_parser, environment_info
 from ptrain.core.cli import write_json
-from ptrain.core.models.gpt import MLP, GPTConfig
 from ptrain.core.tp.bench import (
     BENCH_HIDDEN,
     BENCH_TOKENS,
@@ -55,22 +52,6 @@ WALL = (("1d", 4, 1), ("2d", 4, 1), ("2.5d", 4, 1), ("3d", 8, 1))
 
 def _label(mode: str, world_size: int, depth: int) -> str:
     return f"{mode}@{world_size}" + (f" (d={depth})" if mode == "2.5d" else "")
-
-
-def serial_seconds(tokens: int, hidden: int, repeats: int) -> float:
-    """Median seconds of the serial block, forward + backward, on 1 thread."""
-    torch.set_num_threads(1)
-    config = GPTConfig(dim=hidden, n_heads=1, mlp_ratio=4, bias=False, vocab_size=8, seq_len=8)
-    mlp = MLP(config)
-    x = torch.randn(tokens, hidden, requires_grad=True)
-    samples = []
-    for _ in range(repeats + 1):
-        x.grad = None
-        mlp.zero_grad(set_to_none=True)
-        start = time.perf_counter()
-        mlp(x).sum().backward()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples[1:])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,11 +92,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"{_label(mode, world_size, depth):<14} formula  {mib:8.2f} MiB (P=64, analytic)")
 
-    baseline = serial_seconds(tokens, BENCH_HIDDEN, repeats)
     results = []
     for mode, world_size, depth in WALL:
-        result = measure_comm(mode, world_size, depth, tokens=tokens, repeats=repeats + 1)
-        candidate = statistics.median(result["seconds"][1:])
+        result = measure_comm(
+            mode, world_size, depth, tokens=tokens, repeats=repeats + 1, serial=True
+        )
+        candidate = statistics.median(result["seconds"][1:])  # the first step warms up
+        baseline = statistics.median(result["serial_seconds"][1:])
         name = f"tp_mlp_{mode}@{world_size}_vs_serial"
         results.append(
             {

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ptrain.core.comm import CommTracker
 from ptrain.core.dist import ParallelDims
 from ptrain.core.models.gpt import GPT, MLP, Block, GPTConfig, synthetic_batch
 from ptrain.core.testing import run_distributed
@@ -27,6 +28,7 @@ from ptrain.core.tp import (
 )
 from ptrain.core.tp._ops import gather
 from ptrain.core.tp.api import _to_dtensor, _tp_params
+from ptrain.core.tp.bench import formula_bytes
 from ptrain.core.tp.layers import TPModule
 
 ATOL = 1e-10
@@ -102,7 +104,9 @@ def _block_case(groups, mode: str, what: str) -> dict[str, float]:
     return errors
 
 
-def _gpt_case(rank: int, world_size: int, mode: str, depth: int, groups) -> dict[str, float]:
+def _gpt_case(
+    rank: int, world_size: int, mode: str, depth: int, groups, path: str
+) -> dict[str, float]:
     """A small GPT built on meta, sharded, initialised from a seed: loss and grads == serial."""
     config = _config()
     serial = GPT(config).double()
@@ -133,7 +137,7 @@ def _gpt_case(rank: int, world_size: int, mode: str, depth: int, groups) -> dict
     load_full_state_dict(other, full)
     again = full_state_dict(other)
     errors["round_trip"] = max((again[k] - v).abs().max().item() for k, v in full.items())
-    # a DTensor state dict (what DCP saves) loads into another mode's layout of the same ranks
+    # a DTensor state dict saved with DCP loads into another mode's layout of the same ranks
     other_mode = {
         "2d": ("1d", 1),
         "2.5d": ("1d", 1) if depth == 1 else ("3d", 1),
@@ -147,7 +151,12 @@ def _gpt_case(rank: int, world_size: int, mode: str, depth: int, groups) -> dict
         target_groups = build_tp_groups(target_mode, root["tp"], depth=target_depth)
         target = apply_tp(GPT(config, device="meta"), target_mode, target_groups, device="cpu")
         target.double()
-        load_dtensor_state_dict(target, dtensor_state_dict(model))
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(dtensor_state_dict(model), checkpoint_id=path)
+        loaded = dtensor_state_dict(target)
+        dcp.load(loaded, checkpoint_id=path)  # DCP reshards between the two layouts
+        load_dtensor_state_dict(target, loaded)
         moved = full_state_dict(target)
         errors["dtensor_reshard"] = max((moved[k] - v).abs().max().item() for k, v in full.items())
 
@@ -162,19 +171,35 @@ def _gpt_case(rank: int, world_size: int, mode: str, depth: int, groups) -> dict
     return errors
 
 
-def _layout_case(rank: int, world_size: int, mode: str, depth: int) -> dict[str, dict[str, float]]:
+def _comm_case(groups, mode: str, world_size: int, depth: int) -> dict[str, float]:
+    """Bytes this rank sends for an MLP block (fwd + bwd) equal the closed form exactly."""
+    config = GPTConfig(dim=64, n_heads=1, mlp_ratio=4, bias=False, vocab_size=8, seq_len=8)
+    mlp = apply_tp(MLP(config), mode, groups)
+    tokens = 32
+    x = enter_layout(torch.randn(tokens, config.dim), mode, groups).requires_grad_(True)
+    with CommTracker() as tracker:
+        mlp(x).sum().backward()
+    expected = formula_bytes(mode, world_size, depth, tokens=tokens, hidden=config.dim)
+    return {"bytes_minus_formula": float(abs(tracker.bytes_sent - expected))}
+
+
+def _layout_case(
+    rank: int, world_size: int, mode: str, depth: int, path: str
+) -> dict[str, dict[str, float]]:
     groups = _groups(mode, world_size, depth)
-    out = {what: _block_case(groups, mode, what) for what in ("linear", "mlp", "block")}
-    out["gpt"] = _gpt_case(rank, world_size, mode, depth, groups)
+    out = {"comm": _comm_case(groups, mode, world_size, depth)}
+    out |= {what: _block_case(groups, mode, what) for what in ("linear", "mlp", "block")}
+    out["gpt"] = _gpt_case(rank, world_size, mode, depth, groups, path)
     return out
 
 
 @pytest.mark.distributed
 @pytest.mark.parametrize(("mode", "world_size", "depth"), LAYOUTS)
-def test_mode_equals_serial(mode: str, world_size: int, depth: int) -> None:
+def test_mode_equals_serial(mode: str, world_size: int, depth: int, tmp_path) -> None:
     """Linear, MLP, attention Block and a whole GPT (loss, grads, init, state dicts, shard
     sizes) under each mode equal the serial model in fp64."""
-    results = run_distributed(_layout_case, world_size, mode, depth, timeout=120)
+    path = str(tmp_path / "ckpt")
+    results = run_distributed(_layout_case, world_size, mode, depth, path, timeout=120)
     for rank, cases in enumerate(results):
         for what, errors in cases.items():
             bad = {k: v for k, v in errors.items() if v > ATOL}
@@ -282,3 +307,16 @@ def test_dp_times_tp_and_mixed_modes() -> None:
     for rank, errors in enumerate(run_distributed(_dp_mixed_case, 8, timeout=120)):
         bad = {k: v for k, v in errors.items() if v > ATOL}
         assert not bad, f"rank {rank}: {bad}"
+
+
+def test_formulas_give_the_design_doc_values() -> None:
+    mib = 2**20
+    small = {("1d", 4, 1): 48, ("2d", 4, 1): 84, ("1d", 8, 1): 56, ("2.5d", 8, 2): 62}
+    small |= {("3d", 8, 1): 48, ("1d", 64, 1): 63, ("2d", 64, 1): 36.75}
+    small |= {("2.5d", 64, 4): 32.25, ("3d", 64, 1): 18}
+    for (mode, size, depth), value in small.items():
+        assert formula_bytes(mode, size, depth) == value * mib, (mode, size)
+    large = {("1d", 4, 1): 768, ("2d", 4, 1): 1344, ("2.5d", 8, 2): 992, ("3d", 8, 1): 768}
+    large |= {("2d", 64, 1): 588, ("2.5d", 64, 4): 516, ("3d", 64, 1): 288}
+    for (mode, size, depth), value in large.items():
+        assert formula_bytes(mode, size, depth, tokens=16384, hidden=4096) == value * mib

@@ -107,7 +107,14 @@ def formula_bytes(
 
 
 def _rank_measure(
-    rank: int, world_size: int, mode: str, depth: int, tokens: int, hidden: int, repeats: int
+    rank: int,
+    world_size: int,
+    mode: str,
+    depth: int,
+    tokens: int,
+    hidden: int,
+    repeats: int,
+    serial: bool,
 ) -> dict[str, Any]:
     from ptrain.core.comm import CommTracker
     from ptrain.core.dist import ParallelDims
@@ -132,7 +139,10 @@ def _rank_measure(
     split = hidden_group(groups, "a")
     cols = hidden // (split.size if split is not None else 1)
     x = torch.randn(rows, cols, generator=generator).requires_grad_(True)
-    seconds = []
+    seconds: list[float] = []
+    serial_seconds: list[float] = []
+    reference = MLP(config) if serial and rank == 0 else None
+    full_x = torch.randn(tokens, hidden, requires_grad=True) if reference is not None else None
     tracker = CommTracker()
     for step in range(repeats):
         x.grad = None
@@ -145,7 +155,15 @@ def _rank_measure(
         else:
             mlp(x).sum().backward()
         seconds.append(time.perf_counter() - start)
+        if serial:  # interleaved: rank 0 runs the serial block while the others wait
+            torch.distributed.barrier()
+            if reference is not None and full_x is not None:
+                start = time.perf_counter()
+                reference(full_x).sum().backward()
+                serial_seconds.append(time.perf_counter() - start)
+            torch.distributed.barrier()
     return {
+        "serial_seconds": serial_seconds,
         "bytes_sent": tracker.bytes_sent,
         "calls": len(tracker.records),
         "by_op": tracker.as_dict("op"),
@@ -161,14 +179,18 @@ def measure_comm(
     tokens: int = BENCH_TOKENS,
     hidden: int = BENCH_HIDDEN,
     repeats: int = 1,
-    timeout: float = 300.0,
+    serial: bool = False,
+    timeout: float = 600.0,
 ) -> dict[str, Any]:
     """Run the MLP block once per repeat on ``world_size`` forked ranks; bytes from the first.
 
+    With ``serial=True`` rank 0 also times the unsharded block after every step (the other
+    ranks wait), returned as ``serial_seconds``.
+
     Returns:
         ``{"mode", "world_size", "depth", "measured_bytes", "formula_bytes", "calls",
-        "by_op", "per_rank_bytes", "seconds"}`` — ``seconds`` holds the slowest rank's time of
-        each repeat (fwd + bwd).
+        "by_op", "per_rank_bytes", "seconds", "serial_seconds"}`` — ``seconds`` holds the
+        slowest rank's time of each repeat (fwd + bwd).
 
     Raises:
         RuntimeError: the ranks sent different numbers of bytes.
@@ -177,7 +199,7 @@ def measure_comm(
 
     _side(mode, world_size, depth)  # validate before forking
     results = run_distributed(
-        _rank_measure, world_size, mode, depth, tokens, hidden, repeats, timeout=timeout
+        _rank_measure, world_size, mode, depth, tokens, hidden, repeats, serial, timeout=timeout
     )
     per_rank = [int(r["bytes_sent"]) for r in results]
     if len(set(per_rank)) != 1:
@@ -193,6 +215,7 @@ def measure_comm(
         "by_op": results[0]["by_op"],
         "per_rank_bytes": per_rank,
         "seconds": slowest,
+        "serial_seconds": results[0]["serial_seconds"],
     }
 
 
