@@ -67,6 +67,16 @@ def _full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
+def _counting_hook(counter: list[int]) -> Any:
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    def hook(state, bucket):  # type: ignore[no-untyped-def]  # DDP rejects string annotations
+        counter[0] += 1
+        return allreduce_hook(state, bucket)
+
+    return hook
+
+
 def _rank_train(rank: int, world: int, cases: list[tuple[str, str, int]]) -> dict[str, Any]:
     """Every case on the same ranks: (mode, optimizer, grad accumulation)."""
     import torch.distributed as dist
@@ -80,13 +90,7 @@ def _rank_train(rank: int, world: int, cases: list[tuple[str, str, int]]) -> dic
         optimizer = build_optimizer(model, dims, mode, cls, **kwargs)
         reductions = [0]
         if mode in ("ddp", "zero1"):
-            from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-
-            def counting_hook(state, bucket):  # type: ignore[no-untyped-def]  # DDP checks annotations
-                reductions[0] += 1
-                return allreduce_hook(state, bucket)
-
-            model.register_comm_hook(None, counting_hook)
+            model.register_comm_hook(None, _counting_hook(reductions))
         losses = []
         for step in range(STEPS):
             tokens, targets = synthetic_batch(CONFIG, BATCH, seed=step)
