@@ -141,12 +141,14 @@ def test_runs_are_deterministic_under_a_seed() -> None:
     specs = synthetic(20, duration=3600.0, seed=5, max_gpus=8, applications=SHORT)
     cluster = ClusterSpec(nodes=4, gpus_per_node=4)
 
-    def run(seed: int) -> list[tuple[int, float]]:
-        result = simulate(specs, make_policy("ones", seed=seed), cluster)
+    def run(seed: int, variant: str) -> list[tuple[int, float]]:
+        result = simulate(specs, make_policy("ones", seed=seed, variant=variant), cluster)
         return [(r.job_id, r.finish) for r in result.records]
 
-    assert run(7) == run(7)
-    assert run(7) != run(8)
+    for variant in ("jct", "artifact"):
+        assert run(7, variant) == run(7, variant)
+    # The artifact's fitness samples its predictions: another seed, another schedule.
+    assert run(7, "artifact") != run(8, "artifact")
 
 
 def test_batch_size_changes_time_to_finish() -> None:
@@ -215,7 +217,7 @@ def test_ones_caps_double_only_at_cap_and_keep_feasible() -> None:
         )
         for i in range(2)
     ]
-    policy = OnesPolicy(seed=0)
+    policy = OnesPolicy.from_variant("artifact", seed=0)
     result = simulate(specs, policy, ClusterSpec(nodes=2, gpus_per_node=4))
     assert len(result.records) == 2
     assert max(r.max_gpus for r in result.records) <= 4 * 2  # 4× the request

@@ -87,6 +87,59 @@ def _add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="samples per ONES epoch for growth limits (default: dataset size)",
     )
+    ones.add_argument(
+        "--ones-variant",
+        choices=("jct", "artifact"),
+        default="jct",
+        help="jct (default): completion-rate fitness with restart cost, greedy-seeded "
+        "population, goodput batch, no slow start; artifact: the ONES artifact's GPU-time "
+        "fitness, slow start, linear batch rule, epoch update guard (see README)",
+    )
+    ones.add_argument(
+        "--ones-fitness", choices=("jct", "gpu-time"), default=None, help="override the variant"
+    )
+    ones.add_argument(
+        "--ones-growth", choices=("none", "epochs"), default=None, help="override the variant"
+    )
+    ones.add_argument(
+        "--ones-rates", choices=("model", "table"), default=None, help="override the variant"
+    )
+    ones.add_argument(
+        "--ones-batch-rule",
+        choices=("goodput", "linear"),
+        default=None,
+        help="override the variant",
+    )
+    ones.add_argument(
+        "--ones-update-guard",
+        choices=("none", "global", "per-job"),
+        default=None,
+        help="override the variant",
+    )
+    ones.add_argument(
+        "--ones-greedy-seed",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add greedy individuals to every generation (override the variant)",
+    )
+    ones.add_argument(
+        "--ones-sample-prediction",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="sample ρ from the Beta instead of its mean (override the variant)",
+    )
+    ones.add_argument(
+        "--ones-restart-weight",
+        type=float,
+        default=None,
+        help="jct fitness: restart cost = weight × --restart-penalty (variant jct: 20)",
+    )
+    ones.add_argument(
+        "--ones-jct-exponent",
+        type=float,
+        default=None,
+        help="jct fitness: minimise -Σ T_j^-q (variant jct: q = 1)",
+    )
 
 
 def _ones_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -97,6 +150,22 @@ def _ones_options(args: argparse.Namespace) -> dict[str, Any]:
         "mutation_rate": args.ones_mutation,
         "predictor": args.ones_predictor,
         "epoch_samples": args.ones_epoch_samples,
+        "variant": args.ones_variant,
+        **{
+            key: value
+            for key, value in (
+                ("fitness", args.ones_fitness),
+                ("growth", args.ones_growth),
+                ("rates", args.ones_rates),
+                ("batch_rule", args.ones_batch_rule),
+                ("update_guard", args.ones_update_guard),
+                ("seed_greedy", args.ones_greedy_seed),
+                ("sample_prediction", args.ones_sample_prediction),
+                ("restart_weight", args.ones_restart_weight),
+                ("jct_exponent", args.ones_jct_exponent),
+            )
+            if value is not None
+        },
     }
 
 

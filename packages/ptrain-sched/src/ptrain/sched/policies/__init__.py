@@ -7,10 +7,11 @@ from typing import Any
 from ptrain.sched.errors import InputError
 from ptrain.sched.policies.base import Policy, place
 from ptrain.sched.policies.baselines import FifoPolicy, OptimusPolicy, SrtfPolicy, TiresiasPolicy
-from ptrain.sched.policies.ones import OnesPolicy, ones_batch_size
+from ptrain.sched.policies.ones import ONES_VARIANTS, OnesPolicy, ones_batch_size
 from ptrain.sched.policies.pollux import PolluxPolicy
 
 __all__ = [
+    "ONES_VARIANTS",
     "POLICIES",
     "FifoPolicy",
     "OnesPolicy",
@@ -36,7 +37,8 @@ def make_policy(
         name: one of ``POLICIES``.
         seed: seed of the policy's generator (ONES).
         restart_penalty: the simulator's reconfiguration cost (Pollux weighs restarts with it).
-        **options: extra fields of ``OnesPolicy`` (ONES only).
+        **options: extra fields of ``OnesPolicy`` (ONES only); ``variant`` picks a preset of
+            ``ONES_VARIANTS`` (default ``"jct"``; ``"artifact"``: the ONES artifact).
 
     Raises:
         InputError: unknown policy (the message lists the valid ones).
@@ -56,4 +58,5 @@ def make_policy(
     if name == "pollux":
         return PolluxPolicy(restart_penalty=restart_penalty)
     options.setdefault("restart_penalty", restart_penalty)
-    return OnesPolicy(seed=seed, **options)
+    variant = options.pop("variant", "jct")
+    return OnesPolicy.from_variant(variant, seed=seed, **options)

@@ -1,7 +1,32 @@
 """ONES: an online evolutionary search over GPU slots, with batch size tied to the GPU count.
 
-Reimplemented from the description of the ONES artifact (``kurisusnowdeng/ones_sc21`` @ 8535358,
-unlicensed, no code copied) in ``design/ptrain-sched.md`` §2.2–2.6:
+Two presets (``ONES_VARIANTS``; every knob is also a field):
+
+* ``"jct"`` (the default) keeps ONES's search — a persistent population of K = 16 slot vectors,
+  uniform crossover, job-removal mutation, greedy padding, (μ+λ) selection, one generation per
+  decision — and its stated goal, minimising predicted completion time, but changes what the
+  artifact does where that goal is lost on Pollux-size jobs:
+  - fitness ``"jct"``: maximise the predicted job-completion rate Σ_j 1/T_j(n_j), with
+    T_j(n) = predicted remaining work / rate on n GPUs + ``restart_weight × restart_penalty``
+    when n differs from the GPUs the job holds (a start or resize restarts it). This is SRTF
+    generalised to elastic jobs: a GPU goes where it shortens a short job most, and a job is
+    only moved when the gain outweighs the (weighted) restart cost — hysteresis against the
+    churn that a GPU-time fitness causes (the artifact's fitness is also 0 for unallocated jobs,
+    so it prefers preempting known jobs);
+  - ``seed_greedy``: two greedy individuals (from scratch and extending the current allocation,
+    each GPU to the largest fitness drop per GPU) join every generation's candidates, so the
+    population never does worse than the greedy heuristic;
+  - ``growth="none"``: no slow start (the artifact doubles a job's cap every 2 epochs, which is
+    hours with full-size datasets); a job's cap is 4× its request, trimmed to the GPU count of its
+    highest rate;
+  - ``rates="model"`` and ``batch_rule="goodput"``: rates and the batch size per GPU count come
+    from the job model (throughput × statistical efficiency at the batch that maximises it, as
+    Pollux does) instead of the online table and the linear LR rule; in the live runner, without
+    a job model, both fall back to the artifact's table and rule;
+  - mean predictions instead of Beta samples and no epoch update guard (the restart cost in the
+    fitness replaces it).
+* ``"artifact"``: the ONES artifact (``kurisusnowdeng/ones_sc21`` @ 8535358, unlicensed, no code
+  copied) as described in ``design/ptrain-sched.md`` §2.2–2.6:
 
 * a chromosome is a vector over the cluster's GPU slots holding a job id or -1 (free);
 * a population of K = 16 chromosomes persists across decisions (warm start); each generation
@@ -36,13 +61,31 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ptrain.sched.policies.base import online_table, packed_nodes, place
 from ptrain.sched.types import Allocation, JobAssignment, JobView, SchedulerState
 
-__all__ = ["OnesPolicy", "ones_batch_size"]
+__all__ = ["ONES_VARIANTS", "OnesPolicy", "ones_batch_size"]
+
+ONES_VARIANTS: dict[str, dict[str, object]] = {
+    # The default: the paper's objective (predicted completion) with restart costs, greedy
+    # seeding, goodput batch sizes and no slow start (see the class docstring and README).
+    "jct": {},
+    # The ONES artifact as described in design/ptrain-sched.md §2.2–2.6.
+    "artifact": {
+        "fitness": "gpu-time",
+        "growth": "epochs",
+        "rates": "table",
+        "batch_rule": "linear",
+        "update_guard": "global",
+        "seed_greedy": False,
+        "sample_prediction": True,
+        "restart_weight": 1.0,
+    },
+}
 
 
 def ones_batch_size(job: JobView, num_gpus: int, lr_scale_cap: float) -> int:
@@ -69,6 +112,7 @@ class OnesPolicy:
         epochs_before_scaling: epochs a job is protected / between cap doublings.
         update_interval_epochs: epochs a running job must run between changes.
         scale_down_factor: f in the biggest-job cap (1.0 in effect at the artifact's HEAD).
+        scale_down: apply the artifact's biggest-job cap at all.
         max_request_factor: a job may grow to this many times its requested GPUs.
         lr_scale_cap: max_lr / base_lr.
         epoch_samples: samples per ONES "epoch" (None: the job's dataset size). The artifact's
@@ -79,7 +123,19 @@ class OnesPolicy:
         update_guard: ``"global"`` (artifact): if any running job that would change has not
             run ``update_interval_epochs`` since its last change, only starts on free GPUs
             apply; ``"per-job"``: only those jobs keep their GPUs, the rest of the best
-            allocation applies.
+            allocation applies; ``"none"``: the best individual always applies.
+        fitness: ``"jct"`` (completion rate with restart cost) or ``"gpu-time"`` (artifact).
+        growth: ``"none"`` (cap = 4× request at once) or ``"epochs"`` (artifact slow start).
+        rates: ``"model"`` (job model, when there is one) or ``"table"`` (online table).
+        batch_rule: ``"goodput"`` (the job model's best batch for the GPUs, when there is a
+            model) or ``"linear"`` (artifact: linear LR scaling up to ``lr_scale_cap``).
+        seed_greedy: add the two greedy individuals to every generation.
+        restart_penalty: seconds a restart costs (the simulator's; ``make_policy`` passes it).
+        restart_weight: the jct fitness charges ``restart_weight × restart_penalty`` per
+            change (20: a move must be worth ten minutes; chosen on seed 100, see README).
+        jct_exponent: q in the jct fitness −Σ_j T_j^(−q) (1: completion rate).
+        prior_seconds: jct fitness, history predictor: a job of an application with no
+            finished job yet is assumed to need ``max(work done, prior_seconds on 1 GPU)``.
         seed: the generator seed.
     """
 
@@ -90,19 +146,21 @@ class OnesPolicy:
     epochs_before_scaling: float = 2.0
     update_interval_epochs: float = 1.0
     scale_down_factor: float = 1.0
+    scale_down: bool = True
     max_request_factor: int = 4
     lr_scale_cap: float = 16.0
     epoch_samples: float | None = None
     predictor: str = "history"
-    sample_prediction: bool = True
-    update_guard: str = "global"
-    fitness: str = "gpu-time"
-    growth: str = "epochs"
-    rates: str = "table"
-    batch_rule: str = "linear"
-    seed_greedy: bool = False
+    sample_prediction: bool = False
+    update_guard: str = "none"
+    fitness: str = "jct"
+    growth: str = "none"
+    rates: str = "model"
+    batch_rule: str = "goodput"
+    seed_greedy: bool = True
     restart_penalty: float = 30.0
-    restart_weight: float = 1.0
+    restart_weight: float = 20.0
+    jct_exponent: float = 1.0
     prior_seconds: float = 3600.0
     seed: int = 0
     name: str = "ones"
@@ -119,6 +177,14 @@ class OnesPolicy:
     _model_cache: dict[tuple[object, ...], tuple[np.ndarray, np.ndarray]] = field(
         default_factory=dict, init=False, repr=False
     )
+
+    @classmethod
+    def from_variant(cls, variant: str = "jct", **overrides: Any) -> OnesPolicy:
+        """A policy from a preset of ``ONES_VARIANTS`` (``"jct"`` or ``"artifact"``) with
+        individual fields overridden."""
+        if variant not in ONES_VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(ONES_VARIANTS)}, got {variant!r}")
+        return cls(**{**ONES_VARIANTS[variant], **overrides})
 
     def __post_init__(self) -> None:
         if self.population_size < 2 or self.population_size % 2:
@@ -201,7 +267,7 @@ class OnesPolicy:
                 self._pending[jid] = max(self._pending[jid] // 2, 1)
             self._caps[jid] = max(min(self._caps[jid], limit), 1)
             self._last_gpus[jid] = job.num_gpus
-        if running:
+        if running and self.scale_down:
             biggest = max(running, key=lambda j: (j.num_gpus, -j.job_id))
             run_times = [state.now - self._first_start[j.job_id] for j in running]
             median = float(np.median(run_times))
@@ -415,7 +481,7 @@ class OnesPolicy:
             penalty = np.full(best, self.restart_weight * self.restart_penalty)
             if 1 <= job.num_gpus <= best:
                 penalty[job.num_gpus - 1] = 0.0
-            table[jid, 1 : best + 1] = -1.0 / (times + penalty)
+            table[jid, 1 : best + 1] = -((times + penalty) ** -self.jct_exponent)
             table[jid, best + 1 :] = table[jid, best]
             one_gpu_time[jid] = float(times[0])
         return table, one_gpu_time
