@@ -165,3 +165,47 @@ def test_cli_bench_pipeline_writes_the_contract_rows(
         assert row["formula_bubble"] == 0.5
         assert isinstance(row["measured_bubble"], float)
     assert "measured_bubble" in capsys.readouterr().out  # the printed table
+
+
+def _pipeline_with_fsdp(rank: int, world_size: int) -> tuple[float, dict]:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    torch.set_default_dtype(torch.float64)
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("pp", "dp"))
+    config = _config()
+    tokens, targets = synthetic_batch(config, batch_size=BATCH, seed=1)
+    half = BATCH // 2  # each data-parallel rank takes half of the batch
+    index = mesh["dp"].get_local_rank()
+    pipe = build_pipeline(
+        GPT(config, device="meta"),
+        mesh["pp"],
+        schedule="1f1b",
+        microbatches=2,
+        init_seed=0,
+        prepare=lambda chunk: fully_shard(chunk, mesh=mesh["dp"]),
+    )
+    rows = slice(index * half, (index + 1) * half)
+    loss = pipe.step(tokens[rows], target=targets[rows])
+    grads = {}
+    for name, parameter in pipe.named_parameters():
+        assert isinstance(parameter.grad, DTensor)
+        grads[name] = parameter.grad.full_tensor()
+    return loss.item(), grads
+
+
+@pytest.mark.distributed
+def test_pipeline_with_fully_sharded_stages_matches_serial() -> None:
+    """pp=2 × dp=2 (ZeRO-3 via fully_shard inside each stage, through ``prepare``)."""
+    serial_loss, serial_grads = _serial_loss_and_grads()
+    results = run_distributed(_pipeline_with_fsdp, 4, timeout=120)
+    # each dp rank's loss is its half-batch mean; their average is the full-batch mean
+    dp_losses = {round(loss, 12) for loss, _ in results}
+    assert len(dp_losses) == 2 and sum(dp_losses) / 2 == pytest.approx(serial_loss, abs=ATOL)
+    merged: dict[str, torch.Tensor] = {}
+    for _, grads in results:
+        merged.update(grads)
+    assert merged.keys() == serial_grads.keys()
+    for name, grad in serial_grads.items():
+        torch.testing.assert_close(merged[name], grad, atol=ATOL, rtol=0, msg=name)

@@ -344,6 +344,7 @@ def build_pipeline(
     spec: BlockModelSpec = GPT_SPEC,
     init_seed: int | None = None,
     device: torch.device | str = "cpu",
+    prepare: Callable[[PipelineChunk], Any] | None = None,
 ) -> Pipeline:
     """Split ``model``, keep this rank's stage(s), and build the ``torch.distributed.pipelining``
     schedule over the pipeline group.
@@ -363,6 +364,11 @@ def build_pipeline(
         spec: the model layout (default: ``GPT_SPEC``).
         init_seed: when the model is on ``meta``, materialise with ``model.init_weights(seed)``.
         device: where this rank's stages live.
+        prepare: called on each materialised stage module before it is wrapped in a
+            ``PipelineStage``; the place to shard it further, e.g.
+            ``lambda chunk: fully_shard(chunk, mesh=mesh["dp_shard"])`` for pp × ZeRO-3 (a
+            returned ``nn.Module`` replaces the chunk as the stage's module; anything else
+            keeps the chunk).
 
     Returns:
         A ``Pipeline``.
@@ -404,9 +410,15 @@ def build_pipeline(
         _materialise(modules, model, init_seed, torch_device)
     for module in modules:
         module.to(torch_device)
+    submodules: list[nn.Module] = list(modules)
+    if prepare is not None:
+        for index, module in enumerate(modules):
+            replaced = prepare(module)
+            if isinstance(replaced, nn.Module):
+                submodules[index] = replaced
     stages: list[Any] = [
-        PipelineStage(module, module.stage_index, num_stages, torch_device, group=pg)
-        for module in modules
+        PipelineStage(submodule, module.stage_index, num_stages, torch_device, group=pg)
+        for module, submodule in zip(modules, submodules, strict=True)
     ]
     loss = _mean_cross_entropy if loss_fn is None else loss_fn
     runner: Any
