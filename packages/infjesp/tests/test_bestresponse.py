@@ -342,3 +342,46 @@ def test_controller_alphas_are_the_exact_node_values(dectiger: DecPOMDP) -> None
     # seeded, the solver's lower bound starts at (and never falls below) the current value
     result = solve(br, max_beliefs=50, initial=(alphas, actions, links))
     assert result.lower >= current.value - 1e-9
+
+
+# ------------------------------------------------- seeding and the bounded graph extraction
+def test_seeded_alphas_equal_the_full_evaluation_node_values() -> None:
+    from infjesp.extract import controller_alphas, seeded_alphas
+
+    for name in ("dectiger.dpomdp", "recycling.dpomdp"):
+        model = _load(name)
+        for seed in range(3):
+            fscs = _random_fscs(model, seed)
+            for agent in range(2):
+                br = build_best_response(model, fscs, agent)
+                full = evaluate_joint(model, fscs)
+                expected = controller_alphas(br, fscs[agent], full.V)
+                value, got = seeded_alphas(model, br, fscs)
+                assert value == pytest.approx(full.value, abs=1e-9)
+                np.testing.assert_allclose(got[0], expected[0], atol=1e-9)
+
+
+def test_hybrid_extraction_is_a_capped_controller_and_the_full_graph_is_lossless() -> None:
+    from infjesp.extract import hybrid_fsc
+
+    model = _load("dectiger.dpomdp")
+    fscs = _random_fscs(model, 3)
+    br = build_best_response(model, fscs, 0)
+    result = solve(br, max_beliefs=300)
+    assert result.graph is not None
+    for graph_nodes, cap in ((1, 2), (2, 4), (3, 5), (4, 8)):
+        fsc = hybrid_fsc(br, result, graph_nodes, cap)
+        assert fsc is not None and fsc.num_nodes <= cap
+        joint = list(fscs)
+        joint[0] = fsc
+        assert evaluate_joint(model, joint).value <= result.upper + 1e-6
+    assert hybrid_fsc(br, result, 0, 5) is None and hybrid_fsc(br, result, 5, 5) is None
+    # keeping the whole reachable graph is the lossless policy-graph controller
+    start = int(result.graph.ids[result.alphas.best(np.asarray(br.b0))])
+    reachable = result.graph.reachable_from(start, limit=10_000)
+    assert reachable is not None
+    whole = hybrid_fsc(br, result, reachable.size, reachable.size + 1)
+    assert whole is not None
+    joint = list(fscs)
+    joint[0] = whole
+    assert evaluate_joint(model, joint).value >= result.lower - 1e-6

@@ -484,3 +484,28 @@ def test_dot_lists_every_node_and_merges_parallel_edges(dectiger: DecPOMDP) -> N
     assert dot.count("->") == 8
     with pytest.raises(ValueError, match="agent"):
         to_dot(dectiger, counting_fsc(), agent=2)
+
+
+# ------------------------------------------------------------- reachable-only evaluation
+@pytest.mark.parametrize("problem", ["dectiger", "GridSmall", "Mars"])
+def test_reachable_only_evaluation_equals_the_full_linear_solve(problem: str) -> None:
+    from infjesp.fsc import evaluate_joint_at, evaluate_value
+    from infjesp.io import read_dpomdp
+
+    path = SHARED_DATA / f"{problem}.dpomdp"
+    if not path.is_file():
+        pytest.skip(f"shared data file {path} is absent")
+    model = read_dpomdp(path).with_discount(0.9)
+    rng = np.random.default_rng(7)
+    for _ in range(3):
+        fscs = [
+            FSC.random(model.num_actions[i], model.num_observations[i], 6, rng)
+            for i in range(model.num_agents)
+        ]
+        full = evaluate_joint(model, fscs)
+        rows = rng.choice(full.V.size, size=min(40, full.V.size), replace=False)
+        value, at_rows = evaluate_joint_at(model, fscs, rows)
+        assert value == pytest.approx(full.value, abs=1e-8)
+        assert evaluate_value(model, fscs) == pytest.approx(full.value, abs=1e-8)
+        np.testing.assert_allclose(at_rows, full.V.ravel()[rows], atol=1e-8)
+    assert evaluate_value(make_dectiger(), [FSC.constant(LISTEN, 2)] * 2) == pytest.approx(-20.0)

@@ -28,7 +28,7 @@ from infjesp.inits import (
 )
 from infjesp.io import read_dpomdp
 from infjesp.jesp import exhaustive_best_response, jesp, solve
-from infjesp.model import DecPOMDP, best_constant_joint_action, qmdp_value
+from infjesp.model import DecPOMDP, best_constant_joint_action, mdp_q_values, qmdp_value
 
 _OVERRIDE = os.environ.get("INFJESP_SHARED_DATA")
 DATA = (
@@ -435,3 +435,42 @@ def test_pouct_is_not_significantly_above_the_offline_best_response() -> None:
     br_value = -1.4927  # design §4.3: the exact best response to "always listen"
     assert np.isfinite(estimate.mean) and estimate.sem >= 0
     assert estimate.mean - 2 * estimate.sem <= br_value + estimate.truncation + 1e-6
+
+
+# ------------------------------------------------------------------ trajectory init, budgets
+@needs_data
+def test_trajectory_init_follows_the_centralised_plan_and_retries_on_surprise() -> None:
+    model = _load("Mars")
+    fscs = build_init("trajectory", model, 50, np.random.default_rng(0))
+    assert all(f.num_nodes <= 50 for f in fscs)
+    check_fscs(model, fscs)
+    again = build_init("trajectory", model, 50, np.random.default_rng(1))
+    assert _same(fscs, again)  # deterministic, the rng is not used
+    value = evaluate_joint(model, fscs).value
+    assert value > best_constant_joint_action(model)[0] + 1.0  # Mars: 5.21 vs -2.0
+    assert value <= qmdp_value(model) + 1e-9
+    # the first step is the centralised action at b0 and a surprise keeps the node (retry)
+    ja = int(np.argmax(np.asarray(model.b0) @ mdp_q_values(model)))
+    assert tuple(int(f.actions[f.start]) for f in fscs) == model.joint_action(ja)
+    for f in fscs:
+        stays = f.transitions[f.start] == f.start
+        assert stays.sum() >= f.num_observations - 1
+
+
+@needs_data
+def test_trajectory_init_respects_a_small_node_cap() -> None:
+    model = _load("Mars")
+    for cap in (1, 2, 3):
+        fscs = build_init("trajectory", model, cap, np.random.default_rng(0))
+        assert all(f.num_nodes <= cap for f in fscs)
+
+
+def test_run_deadline_shares_the_time_left_between_waiting_runs() -> None:
+    from infjesp.jesp import _run_deadline
+
+    assert _run_deadline(None, 0.0, 0, 2, 4) is None
+    assert _run_deadline(100.0, 0.0, 0, 2, 4) == pytest.approx(50.0)  # 2 slots, 4 runs wait
+    assert _run_deadline(100.0, 40.0, 2, 2, 4) == 100.0  # the last two runs get all of it
+    assert _run_deadline(100.0, 0.0, 0, 1, 4) == pytest.approx(25.0)
+    assert _run_deadline(100.0, 25.0, 1, 1, 4) == pytest.approx(50.0)  # 75 s left, 3 runs
+    assert _run_deadline(100.0, 0.0, 0, 1, 1) == 100.0

@@ -201,6 +201,81 @@ def policy_graph_fsc(br: BestResponsePOMDP, result: SolveResult, max_nodes: int)
     return fsc if fsc.num_nodes <= max_nodes else None
 
 
+def hybrid_fsc(
+    br: BestResponsePOMDP, result: SolveResult, graph_nodes: int, max_nodes: int
+) -> FSC | None:
+    """A bounded policy-graph extraction: the graph near b0, greedy α-vector nodes beyond it.
+
+    The solver's policy graph (:class:`infjesp.pbvi.PolicyGraph`) is followed from the best
+    α-vector at b0 breadth-first, tracking the belief on the first path to each node, until
+    ``graph_nodes`` nodes are kept. Links that leave the kept part go to the node of the α-vector
+    that is best at the successor belief — nodes made as in :func:`extract_fsc` (``link="value"``
+    once ``max_nodes`` is reached). Near b0 the controller is the lossless graph; past the cut
+    its loss is discounted by γ^depth. Its exact value is what decides (see
+    :func:`best_response`).
+
+    Returns:
+        The minimised FSC, or None without a graph or when ``graph_nodes`` is not in
+        ``[1, max_nodes)``.
+    """
+    graph = result.graph
+    if graph is None or len(result.alphas) == 0 or not 1 <= graph_nodes < max_nodes:
+        return None
+    alphas = result.alphas
+    Z = br.num_observations
+    b0 = np.asarray(br.b0, dtype=float)
+    order = [int(graph.ids[alphas.best(b0)])]
+    belief = {order[0]: b0}
+    for g in order:  # the list grows while it is walked: breadth-first
+        for z in range(Z):
+            successor = int(graph.links[g, z])
+            if successor in belief or len(order) >= graph_nodes:
+                continue
+            p, b_next = br.successor(belief[g], int(graph.actions[g]), z)
+            if p > 0:
+                belief[successor] = b_next
+                order.append(successor)
+    index = {g: i for i, g in enumerate(order)}
+    actions: list[int] = [int(graph.actions[g]) for g in order]
+    transitions: list[list[int]] = [[i] * Z for i in range(len(order))]
+    node_alpha: dict[int, int] = {}  # greedy node -> α row
+    alpha_node: dict[int, int] = {}  # α row -> greedy node
+    queue: deque[tuple[int, np.ndarray]] = deque()
+
+    def target(b_next: np.ndarray) -> int:
+        k = alphas.best(b_next)
+        if k in alpha_node:
+            return alpha_node[k]
+        if len(actions) < max_nodes:
+            node = len(actions)
+            actions.append(int(alphas.actions[k]))
+            transitions.append([node] * Z)
+            node_alpha[node], alpha_node[k] = k, node
+            queue.append((node, b_next))
+            return node
+        greedy = list(node_alpha)
+        values = alphas.alphas[[node_alpha[n] for n in greedy]] @ b_next
+        return greedy[int(np.argmax(values))]
+
+    for i, g in enumerate(order):
+        for z in range(Z):
+            successor = int(graph.links[g, z])
+            if successor in index:
+                transitions[i][z] = index[successor]
+                continue
+            p, b_next = br.successor(belief[g], actions[i], z)
+            if p > 0:
+                transitions[i][z] = target(b_next)
+    while queue:
+        node, b = queue.popleft()
+        for z in range(Z):
+            p, b_next = br.successor(b, actions[node], z)
+            if p > 0:
+                transitions[node][z] = target(b_next)
+    fsc = FSC(np.array(actions, dtype=np.int64), np.array(transitions, dtype=np.int64), 0)
+    return fsc.reachable().minimized()
+
+
 def best_response(
     model: DecPOMDP,
     fscs: Sequence[FSC],
@@ -268,6 +343,17 @@ def best_response(
         graph_value = evaluate_value(model, joint)
         if graph_value > value:
             fsc, value = graph_fsc, graph_value
+    elif value < result.lower - 1e-9 * max(1.0, abs(result.lower)):
+        # The whole graph does not fit and the greedy extraction lost value: keep the graph
+        # near b0 (lossless there) and go greedy past a cut; the exact values decide.
+        for graph_nodes in sorted({max_nodes // 2, (3 * max_nodes) // 4, max_nodes - 1}):
+            hybrid = hybrid_fsc(br, result, graph_nodes, max_nodes)
+            if hybrid is None:
+                continue
+            joint[agent] = hybrid
+            hybrid_value = evaluate_value(model, joint)
+            if hybrid_value > value:
+                fsc, value = hybrid, hybrid_value
     return BestResponseResult(
         fsc=fsc,
         value=float(value),

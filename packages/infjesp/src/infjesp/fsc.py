@@ -44,7 +44,7 @@ FSC_FORMAT = "infjesp-fsc/1"
 # Above this many unknowns (joint nodes × states) the linear system is solved sparse.
 _DENSE_LIMIT = 1500
 # Up to this many unknowns evaluate_joint_at factorises the restricted system directly.
-_DIRECT_LIMIT = 200_000
+_DIRECT_LIMIT = 20_000
 
 
 class FSCError(*_ERROR_BASES):  # type: ignore[misc]

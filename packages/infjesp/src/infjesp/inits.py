@@ -84,9 +84,12 @@ __all__ = [
     "perturb_fsc",
     "random_init",
     "reactive_init",
+    "trajectory_init",
 ]
 
-INITS = frozenset({"random", "blind", "mdp", "ma", "md", "ms", "periodic", "reactive"})
+INITS = frozenset(
+    {"random", "blind", "mdp", "ma", "md", "ms", "periodic", "reactive", "trajectory"}
+)
 
 # The periodic init's search limits: horizon and the number of trees enumerated.
 PERIODIC_MAX_HORIZON = 3
@@ -490,6 +493,65 @@ def periodic_init(model: DecPOMDP, max_nodes: int = 50, horizon: int | None = No
     return fscs
 
 
+def trajectory_init(model: DecPOMDP, max_nodes: int = 50) -> list[FSC]:
+    """Every agent follows its part of the centralised plan along the most likely trajectory.
+
+    From b0 the centralised QMDP-greedy joint action ``a_t = argmax_a b_t·Q_MDP(·, a)`` is
+    played, the most likely joint observation ``o_t`` is assumed, and ``b_{t+1}`` is the full
+    joint-observation Bayes update; this stops when ``b_{t+1}`` repeats an earlier belief (the
+    plan loops back to that step) or after ``max_nodes`` steps (it loops back to step 0). Agent
+    i's controller has one node per step t playing its component of ``a_t``: on its expected
+    observation (its component of ``o_t``) it moves to the next step, on any other observation
+    it stays (retry the step: on Mars a failed move leaves the rover where it was, which it
+    sees). Nodes are then minimised.
+
+    It suits problems with a near-deterministic centralised plan that decentralised agents can
+    follow by watching their own progress (Mars rovers: 5.21 at γ = 0.9 as an init, and JESP
+    from it climbs past the MA-init equilibrium).
+
+    Args:
+        model: The Dec-POMDP.
+        max_nodes: Most plan steps (nodes per agent before minimisation).
+
+    Returns:
+        One FSC per agent.
+    """
+    max_nodes = _check_max_nodes(max_nodes)
+    T = np.asarray(model.T, dtype=float)  # (JA, S, S')
+    O = np.asarray(model.O, dtype=float)  # noqa: E741  (JA, S', JO)
+    Q = mdp_q_values(model)  # (S, JA)
+    belief = np.asarray(model.b0, dtype=float)
+    beliefs = [belief]
+    plan: list[tuple[int, int, int]] = []  # (joint action, joint observation, next step)
+    while True:
+        ja = int(np.argmax(belief @ Q))
+        joint_SJ = (belief @ T[ja])[:, None] * O[ja]  # (S', JO)
+        jo = int(np.argmax(joint_SJ.sum(axis=0)))
+        following = joint_SJ[:, jo] / joint_SJ[:, jo].sum()
+        gaps = np.abs(np.array(beliefs) - following).sum(axis=1)
+        repeat = int(np.argmin(gaps))
+        if gaps[repeat] < 1e-9 or len(beliefs) >= max_nodes:
+            plan.append((ja, jo, repeat if gaps[repeat] < 1e-9 else 0))
+            break
+        plan.append((ja, jo, len(beliefs)))
+        beliefs.append(following)
+        belief = following
+    actions_T = model.joint_action_table()[[ja for ja, _, _ in plan]]  # (steps, N)
+    expected_T = model.joint_observation_table()[[jo for _, jo, _ in plan]]  # (steps, N)
+    following_T = np.array([nxt for _, _, nxt in plan], dtype=np.int64)
+    steps = np.arange(len(plan))
+    fscs = []
+    for i in range(model.num_agents):
+        Z = model.num_observations[i]
+        transitions = np.where(
+            np.arange(Z)[None, :] == expected_T[:, i][:, None],
+            following_T[:, None],
+            steps[:, None],
+        )
+        fscs.append(FSC(actions_T[:, i].copy(), transitions, 0).minimized())
+    return fscs
+
+
 def build_init(name: str, model: DecPOMDP, max_nodes: int, rng: np.random.Generator) -> list[FSC]:
     """The init ``name`` (one of :data:`INITS`) for ``model``.
 
@@ -512,4 +574,6 @@ def build_init(name: str, model: DecPOMDP, max_nodes: int, rng: np.random.Genera
         return periodic_init(model, max_nodes)
     if name == "reactive":
         return reactive_init(model, max_nodes)
+    if name == "trajectory":
+        return trajectory_init(model, max_nodes)
     raise InfJespError(f"unknown init {name!r}; expected one of {', '.join(sorted(INITS))}")

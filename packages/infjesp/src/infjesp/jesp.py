@@ -8,8 +8,8 @@ solver-ε Nash equilibrium), after ``max_iterations`` best responses, or when th
 (anytime: the best joint FSC so far is returned).
 
 :func:`solve` runs ``restarts`` independent JESP runs and keeps the best. Restart 0 starts from
-the chosen init; by default (``"auto"``) restarts 0, 1 and 2 start from the ``periodic``,
-``reactive`` and ``ma`` inits. The others start from random inits with at most
+the chosen init; by default (``"auto"``) restarts 0, 1, 2 and 3 start from the ``periodic``,
+``reactive``, ``ma`` and ``trajectory`` inits. The others start from random inits with at most
 ``min(max_nodes, 5)`` nodes per agent (MC-JESP's ``--initRand`` default; large random
 controllers only make the first best responses slower). Restart ``r`` draws its randomness from
 ``numpy.random.default_rng([seed, r])``, so results do not depend on ``workers``.
@@ -44,7 +44,7 @@ __all__ = [
 # Node cap of the random inits of restarts >= 1 (MC-JESP's `--initRand` default).
 RANDOM_RESTART_NODES = 5
 # init="auto": restart r < len(AUTO_INITS) starts from AUTO_INITS[r], later ones from random FSCs.
-AUTO_INITS = ("periodic", "reactive", "ma")
+AUTO_INITS = ("periodic", "reactive", "ma", "trajectory")
 # Perturbation rounds per run after JESP converges (solve's ``kicks``).
 DEFAULT_KICKS = 0
 # Most candidate controllers exhaustive_best_response enumerates.
@@ -263,6 +263,25 @@ def _restart_init(init: str, restart: int) -> str:
     return portfolio[restart] if restart < len(portfolio) else "random"
 
 
+def _run_deadline(
+    deadline: float | None, start: float, restart: int, slots: int, restarts: int
+) -> float | None:
+    """Restart ``restart``'s deadline: its share of the time left to the global ``deadline``.
+
+    Runs start in restart order on ``slots`` workers, so when run r starts, ``restarts − r`` runs
+    (itself included) still need a slot: it gets ``slots / (restarts − r)`` of the time left
+    (all of it once no more runs wait than there are slots). A run that converges early leaves
+    its time to the later ones, and a run that would not converge cannot starve them (on Mars a
+    single JESP run can use the whole budget).
+    """
+    if deadline is None:
+        return None
+    waiting = restarts - restart
+    if waiting <= slots:
+        return deadline
+    return min(deadline, start + (deadline - start) * slots / waiting)
+
+
 def _run_restart(
     model: DecPOMDP,
     restart: int,
@@ -273,14 +292,20 @@ def _run_restart(
     jesp_options: dict[str, Any],
     best_response: BestResponseFn | None,
     on_progress: ProgressFn | None,
+    slots: int = 1,
+    restarts: int = 1,
 ) -> tuple[dict[str, Any], list[FSC] | None]:
-    """One restart (top level, so a process pool can pickle it)."""
+    """One restart (top level, so a process pool can pickle it).
+
+    The run's own deadline is its share of the time left (:func:`_run_deadline`).
+    """
     start = time.monotonic()
     init_name = _restart_init(init, restart)
     summary: dict[str, Any] = {"restart": restart, "init": init_name}
     if deadline is not None and start >= deadline:
         summary.update(skipped=True, iterations=0, time_s=0.0)
         return summary, None
+    deadline = _run_deadline(deadline, start, restart, slots, restarts)
     rng = np.random.default_rng([seed, restart])
     if init_name == "random":
         fscs = random_init(model, min(max_nodes, RANDOM_RESTART_NODES), rng)
@@ -361,11 +386,13 @@ def solve(
         restarts: Total number of JESP runs (>= 1). Restart 0 uses ``init``; the others use
             random inits (at most ``min(max_nodes, 5)`` nodes).
         init: One of :data:`~infjesp.inits.INITS`, or ``"auto"`` (default): the portfolio
-            :data:`AUTO_INITS` (restarts 0, 1, 2: ``periodic``, ``reactive``, ``ma``), then random
-            inits.
+            :data:`AUTO_INITS` (restarts 0-3: ``periodic``, ``reactive``, ``ma``, ``trajectory``),
+            then random inits.
         seed: Restart ``r`` uses ``numpy.random.default_rng([seed, r])``.
-        time_limit: Total wall-clock budget in seconds shared by all runs (each run gets the
-            global deadline; runs not started by then are skipped); None for no limit.
+        time_limit: Total wall-clock budget in seconds shared by all runs; None for no limit.
+            A run starting with ``w`` runs (itself included) still waiting for a worker gets
+            ``slots / w`` of the time left (``slots = min(workers, restarts)``), the last
+            ``slots`` runs get all of it; runs not started by the deadline are skipped.
         workers: Processes (``concurrent.futures.ProcessPoolExecutor``, spawn context) when > 1.
             ``best_response`` and ``on_progress`` must then be picklable top-level functions;
             ``on_progress`` runs in the worker process. The spawn start method re-imports the
@@ -409,8 +436,21 @@ def solve(
         "br_options": {"max_nodes": max_nodes, "epsilon": br_epsilon},
         "kicks": kicks,
     }
+    slots = 1 if workers == 1 else min(workers, restarts)
     arguments = [
-        (model, r, init, seed, max_nodes, deadline, jesp_options, best_response, on_progress)
+        (
+            model,
+            r,
+            init,
+            seed,
+            max_nodes,
+            deadline,
+            jesp_options,
+            best_response,
+            on_progress,
+            slots,
+            restarts,
+        )
         for r in range(restarts)
     ]
     if workers == 1 or restarts == 1:
