@@ -26,14 +26,15 @@ backward. With equal micro-batches (the batch must divide evenly; we check) the 
 then equal the serial model's gradient of the *mean loss over the whole batch*, and
 ``Pipeline.step`` returns that mean loss (the average of the micro-batch losses) on every rank of
 the pipeline group. torch divides whatever is in ``.grad`` at the end of the step, including
-gradients accumulated before it, so zero the grads before each ``step`` (``Pipeline.step`` does
-this unless ``zero_grad=False``; accumulate across steps by summing losses yourself instead).
+gradients accumulated before it, so ``Pipeline.step`` sets the held grads to ``None`` first
+(``zero_grad=True``); to accumulate gradients, use more micro-batches in one step rather than
+several steps (with ``zero_grad=False`` earlier grads would be divided by ``m`` again).
 
 Example (4 ranks, one per stage)::
 
     model = GPT(GPTConfig.debug(n_layers=4), device="meta")
     pipe = build_pipeline(model, group=None, schedule="1f1b", microbatches=8, init_seed=0)
-    loss = pipe.step(tokens, targets)   # grads are in pipe.modules' parameters
+    loss = pipe.step(tokens, target=targets)  # grads are in pipe.modules' parameters
     optimizer = torch.optim.AdamW(pipe.parameters())
 """
 
