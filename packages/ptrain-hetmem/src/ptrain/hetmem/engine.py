@@ -63,7 +63,7 @@ class _UnboundedDeviceTier(Tier):
     def _allocate(self, numel: int, dtype: torch.dtype, nbytes: int) -> Any:
         from ptrain.hetmem.tiers import Block
 
-        return Block(torch.zeros(numel, dtype=dtype), nbytes, self)
+        return Block(torch.empty(numel, dtype=dtype), nbytes, self)
 
 
 @dataclass
@@ -401,7 +401,7 @@ class HetMemEngine:
         assert src_block is not None
         src = src_block.tier
         self._make_room(dst, chunk.nbytes, protect | {chunk.label})
-        block = dst.allocate(chunk.capacity, chunk.dtype)
+        block = dst.allocate(chunk.capacity, chunk.dtype, zero=False)
         block.tensor.copy_(src_block.tensor)
         chunk.block = block
         src.release(src_block)
@@ -735,7 +735,7 @@ class HetMemEngine:
                 chunk.set_state(_S.HOLD_AFTER_BWD)
             if chunk.pinned_tier is not None and chunk.tier is not None and chunk.tier is not tier:
                 # static partition: stream a copy to the Adam tier, keep the chunk in place
-                block = tier.allocate(chunk.capacity, chunk.dtype)
+                block = tier.allocate(chunk.capacity, chunk.dtype, zero=False)
                 block.tensor.copy_(chunk.block.tensor)  # type: ignore[union-attr]
                 chunk.tier.bytes_out += chunk.nbytes
                 tier.bytes_in += chunk.nbytes

@@ -86,8 +86,8 @@ class Tier:
         """Restarts the peak from the current use."""
         self.peak = self.used + self.nonmodel
 
-    def allocate(self, numel: int, dtype: torch.dtype) -> Block:
-        """A zero-filled payload of ``numel`` elements of ``dtype``.
+    def allocate(self, numel: int, dtype: torch.dtype, zero: bool = True) -> Block:
+        """A payload of ``numel`` elements of ``dtype`` (zero-filled when ``zero``).
 
         Raises:
             BudgetExceeded: the tier cannot hold it.
@@ -99,6 +99,8 @@ class Tier:
                 f"(capacity {self.capacity}, chunks {self.used}, non-model {self.nonmodel})"
             )
         block = self._allocate(numel, dtype, nbytes)
+        if zero:
+            block.tensor.zero_()
         self.used += nbytes
         self._note_peak()
         return block
@@ -162,7 +164,6 @@ class ArenaTier(Tier):
                 else:
                     self._free[index] = (start + size, end)
                 view = self.arena[start : start + nbytes].view(dtype)
-                view.zero_()
                 return Block(view, nbytes, self, offset=start)
         raise BudgetExceeded(
             f"device tier: no contiguous {size} bytes free in the arena "
@@ -192,17 +193,39 @@ class CudaTier(Tier):
     name = "cuda"
 
     def _allocate(self, numel: int, dtype: torch.dtype, nbytes: int) -> Block:
-        return Block(torch.zeros(numel, dtype=dtype, device="cuda"), nbytes, self)
+        return Block(torch.empty(numel, dtype=dtype, device="cuda"), nbytes, self)
 
 
 class HostTier(Tier):
-    """Ordinary CPU tensors (pinned when CUDA is present), capped by accounting."""
+    """Ordinary CPU tensors (pinned when CUDA is present), capped by accounting.
+
+    Released payloads are kept in a small pool per (size, dtype) and reused (PatrickStar's
+    ``MemoryCache``), which avoids page-faulting fresh memory on every move; pooled buffers are
+    not counted in ``used``.
+    """
 
     name = "cpu"
+    pool_per_key = 2
+
+    def __init__(self, capacity: int | None) -> None:
+        super().__init__(capacity)
+        self._pool: dict[tuple[int, torch.dtype], list[torch.Tensor]] = {}
 
     def _allocate(self, numel: int, dtype: torch.dtype, nbytes: int) -> Block:
+        pooled = self._pool.get((numel, dtype))
+        if pooled:
+            return Block(pooled.pop(), nbytes, self)
         pin = torch.cuda.is_available()
-        return Block(torch.zeros(numel, dtype=dtype, pin_memory=pin), nbytes, self)
+        return Block(torch.empty(numel, dtype=dtype, pin_memory=pin), nbytes, self)
+
+    def _release(self, block: Block) -> None:
+        key = (block.tensor.numel(), block.tensor.dtype)
+        pooled = self._pool.setdefault(key, [])
+        if len(pooled) < self.pool_per_key:
+            pooled.append(block.tensor)
+
+    def close(self) -> None:
+        self._pool.clear()
 
 
 class DiskTier(Tier):

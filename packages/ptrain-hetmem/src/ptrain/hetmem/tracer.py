@@ -35,7 +35,7 @@ class SavedTensorTracer:
             into the parameter's *current* tensor by ``model_unpack`` in backward, because the
             chunk may have moved since forward.
         model_unpack: resolves a marker.
-        on_change: called with the new ``live`` value after every increase.
+        on_change: called with the new ``live`` value after every change.
     """
 
     def __init__(
@@ -60,6 +60,8 @@ class SavedTensorTracer:
         if entry[0] == 0:
             self.live -= entry[1]
             del self._refs[key]
+            if self._on_change is not None:
+                self._on_change(self.live)
 
     def _pack(self, tensor: torch.Tensor) -> Any:
         if self._model_ref is not None:

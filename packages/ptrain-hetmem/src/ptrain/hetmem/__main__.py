@@ -1,0 +1,7 @@
+"""``python -m ptrain.hetmem``."""
+
+import sys
+
+from ptrain.hetmem.cli import main
+
+sys.exit(main())
