@@ -255,12 +255,17 @@ def _errors_case(rank: int, world_size: int) -> list[str]:
             messages.append(str(exc))
         else:
             messages.append("no error")
+    import torch.distributed as dist
+
+    world = build_tp_groups("2d", dist.group.WORLD)  # a ProcessGroup spanning the world works too
+    messages.append(f"{world.q}x{world.q}")
     return messages
 
 
 @pytest.mark.distributed
 def test_bad_sizes_name_the_dims() -> None:
-    cube, linear, heads = run_distributed(_errors_case, 4, timeout=60)[0]
+    cube, linear, heads, from_group = run_distributed(_errors_case, 4, timeout=60)[0]
+    assert from_group == "2x2"
     assert "3D needs a cube tp size (1, 8, 27, 64" in cube and "got 4" in cube
     assert "in_features (9)" in linear and "divisible by 2" in linear
     assert "n_heads (3)" in heads
