@@ -209,3 +209,13 @@ def test_pipeline_with_fully_sharded_stages_matches_serial() -> None:
     assert merged.keys() == serial_grads.keys()
     for name, grad in serial_grads.items():
         torch.testing.assert_close(merged[name], grad, atol=ATOL, rtol=0, msg=name)
+
+
+def test_cli_bench_pipeline_bad_arguments_is_a_one_line_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from ptrain.core.__main__ import main
+
+    assert main(["bench", "pipeline", "--stages", "4", "--microbatches", "2"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "--microbatches 2 < --stages 4" in error and "\n" not in error

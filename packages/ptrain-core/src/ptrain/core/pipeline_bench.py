@@ -39,9 +39,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ptrain.core.cli import UserError
 from ptrain.core.testing import run_distributed
 
-__all__ = ["run_pipeline_bench"]
+__all__ = ["PipelineBenchError", "measure_bubble", "run_pipeline_bench"]
 
 _DIM = 64
 _ROWS_PER_MICROBATCH = 4
@@ -176,6 +177,34 @@ def measure_bubble(per_rank_steps: list[list[list[tuple[str, float, float]]]]) -
     return sum(bubbles) / len(bubbles)
 
 
+class PipelineBenchError(UserError, ValueError):
+    """Arguments the schedules cannot run with (a one-line message; the CLI exits with 2)."""
+
+
+def _check_arguments(
+    stages: int, microbatches: int, schedules: tuple[str, ...], chunks: int
+) -> None:
+    if stages < 2:
+        raise PipelineBenchError(f"a pipeline needs at least 2 stages, got --stages {stages}")
+    if microbatches < 1:
+        raise PipelineBenchError(f"microbatches must be >= 1, got {microbatches}")
+    for schedule in schedules:
+        if schedule not in ("gpipe", "1f1b", "interleaved"):
+            raise PipelineBenchError(
+                f"schedule must be 'gpipe', '1f1b' or 'interleaved', got {schedule!r}"
+            )
+    if "1f1b" in schedules and microbatches < stages:
+        raise PipelineBenchError(
+            f"1F1B needs at least as many micro-batches as stages (torch's Schedule1F1B); got "
+            f"--microbatches {microbatches} < --stages {stages}"
+        )
+    if "interleaved" in schedules and (chunks < 2 or microbatches % stages != 0):
+        raise PipelineBenchError(
+            f"interleaved needs chunks >= 2 and microbatches a multiple of stages; got "
+            f"chunks={chunks}, microbatches={microbatches}, stages={stages}"
+        )
+
+
 def run_pipeline_bench(
     stages: int = 4,
     microbatches: int = 8,
@@ -203,21 +232,15 @@ def run_pipeline_bench(
     Returns:
         One row per schedule: ``{"schedule", "stages", "microbatches", "measured_bubble",
         "formula_bubble"}`` with ``formula_bubble = (p−1)/m`` (``(p−1)/(v·m)`` interleaved).
+
+    Raises:
+        PipelineBenchError: fewer than 2 stages, ``m < p`` with 1F1B (torch requires
+            ``m ≥ p``), or interleaved arguments it cannot run with.
     """
-    if stages < 2:
-        raise ValueError(f"a pipeline needs at least 2 stages, got {stages}")
-    if microbatches < 1:
-        raise ValueError(f"microbatches must be >= 1, got {microbatches}")
+    _check_arguments(stages, microbatches, schedules, chunks)
     rows = []
     for schedule in schedules:
-        if schedule not in ("gpipe", "1f1b", "interleaved"):
-            raise ValueError(f"schedule must be 'gpipe', '1f1b' or 'interleaved', got {schedule!r}")
         local_chunks = chunks if schedule == "interleaved" else 1
-        if schedule == "interleaved" and (chunks < 2 or microbatches % stages != 0):
-            raise ValueError(
-                f"interleaved needs chunks >= 2 and microbatches a multiple of stages; got "
-                f"chunks={chunks}, microbatches={microbatches}, stages={stages}"
-            )
         per_rank = run_distributed(
             _bench_rank,
             stages,
