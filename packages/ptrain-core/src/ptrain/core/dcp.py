@@ -28,11 +28,14 @@ checkpoint or none under ``<path>``, never a half-written one.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
+import re
 import shutil
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 
 from ptrain.core.checkpoint import CheckpointError
 
@@ -152,6 +156,17 @@ def _set_optimizer_state(
     set_optimizer_state_dict(model, inner, state)
 
 
+@contextlib.contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    """DCP warns that it "assumes the intent" to run in one process; without a process group
+    that is the intent, so that one warning is silenced (nothing else)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="torch.distributed is disabled, unavailable or uninitialized"
+        )
+        yield
+
+
 def _barrier() -> None:
     if _distributed():
         dist.barrier()
@@ -190,7 +205,8 @@ def save(
     state: dict[str, Any] = {"model": model_state_dict(model)}
     if optimizer is not None:
         state["optim"] = _optimizer_state(model, optimizer, state["model"])
-    dcp.save(state, checkpoint_id=str(partial), no_dist=not _distributed())
+    with _single_process_quiet():
+        dcp.save(state, checkpoint_id=str(partial), no_dist=not _distributed())
     _barrier()
     if _rank() == 0:
         info = {"step": int(step), "has_optimizer": optimizer is not None}
@@ -243,6 +259,14 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return info
 
 
+def _root_cause(error: BaseException) -> str:
+    """The innermost ``SomeError: message`` line of a (possibly multi-rank) DCP failure."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    causes = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception): ", line)]
+    detail = causes[-1] if causes else (lines[0] if lines else type(error).__name__)
+    return detail[:300]
+
+
 def load(
     path: str | os.PathLike[str],
     model: nn.Module,
@@ -273,11 +297,10 @@ def load(
         # hold different groups, which DCP would store only once); the state tensors reshard.
         own_groups = copy.deepcopy(state["optim"].get("param_groups"))
     try:
-        dcp.load(state, checkpoint_id=str(path), no_dist=not _distributed())
-    except Exception as error:  # DCP wraps per-rank failures; keep one readable line
-        first = str(error).strip().splitlines()
-        detail = first[0] if first else type(error).__name__
-        raise CheckpointError(f"{path}: does not fit this model ({detail[:300]})") from error
+        with _single_process_quiet():
+            dcp.load(state, checkpoint_id=str(path), no_dist=not _distributed())
+    except (Exception, CheckpointException) as error:  # DCP wraps per-rank failures
+        raise CheckpointError(f"{path}: does not fit this model ({_root_cause(error)})") from error
     load_model_state_dict(model, state["model"])
     if optimizer is not None:
         if own_groups is not None:
