@@ -311,7 +311,7 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
         self._all_params = all_params
         super().__init__(param_groups, dict(self.optim.defaults))
         self.param_groups = self.optim.param_groups  # lr schedulers edit the local groups
-        self.state = self.optim.state  # type: ignore[assignment]
+        self.state = self.optim.state
 
     def _assign(self, params: list[Tensor]) -> dict[int, int]:
         load = [0] * self.world_size
@@ -460,9 +460,9 @@ class LocalShardOptimizer(torch.optim.Optimizer):
             {k: v for k, v in self.optim.defaults.items() if k != "group"},
         )
         for g_outer, g_inner in zip(self.param_groups, self.optim.param_groups, strict=True):
-            for key, value in g_inner.items():
-                if key not in ("params", "group"):
-                    g_outer.setdefault(key, value)
+            for option, value in g_inner.items():
+                if option not in ("params", "group"):
+                    g_outer.setdefault(option, value)
 
     def _process_group_for(self, param: Tensor, key: tuple[Any, ...]) -> dist.ProcessGroup | None:
         if not key:

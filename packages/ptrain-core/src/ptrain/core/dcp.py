@@ -122,7 +122,7 @@ def _optimizer_state(
     from ptrain.core.data_parallel import ZeroRedundancyOptimizer
 
     inner = optimizer.optim if isinstance(optimizer, ZeroRedundancyOptimizer) else optimizer
-    state = dict(get_optimizer_state_dict(model, inner))
+    state: dict[str, Any] = dict(get_optimizer_state_dict(model, inner))
     for name, entry in state.get("state", {}).items():
         template = templates.get(name)
         if not isinstance(template, DTensor) or not isinstance(entry, dict):
@@ -209,7 +209,7 @@ def save(
         dcp.save(state, checkpoint_id=str(partial), no_dist=not _distributed())
     _barrier()
     if _rank() == 0:
-        info = {"step": int(step), "has_optimizer": optimizer is not None}
+        info: dict[str, Any] = {"step": int(step), "has_optimizer": optimizer is not None}
         info["metadata"] = dict(metadata or {})
         (partial / METADATA_FILE).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
         old = final.with_name(final.name + ".old")
