@@ -637,15 +637,24 @@ class HetMemEngine:
         if self._tracer is None:
             self._tracer = SavedTensorTracer(self._model_ref, self._model_unpack, self._on_nonmodel)
             self._tracer.__enter__()
-        if self.loss_fn is not None:
-            output = self.loss_fn(self.model(*inputs[:-1], **kwargs), inputs[-1])
-        else:
-            output = self.model(*inputs, **kwargs)
+        try:
+            if self.loss_fn is not None:
+                output = self.loss_fn(self.model(*inputs[:-1], **kwargs), inputs[-1])
+            else:
+                output = self.model(*inputs, **kwargs)
+        except BaseException:
+            self._close_tracer()
+            raise
         for grp in self.groups:
             for slot in grp.param.slots:
                 if slot.state == _S.HOLD_AFTER_FWD:
                     grp.param.set_state(_S.HOLD, [slot.name])
         return output
+
+    def _close_tracer(self) -> None:
+        if self._tracer is not None:
+            self._tracer.__exit__(None, None, None)
+            self._tracer = None
 
     def _begin_iteration(self) -> None:
         self.moment = -1
@@ -673,9 +682,7 @@ class HetMemEngine:
                 )
                 loss.backward()
         finally:
-            if self._tracer is not None:
-                self._tracer.__exit__(None, None, None)
-                self._tracer = None
+            self._close_tracer()
         for grp in self.groups:
             for slot in grp.param.slots:
                 if slot.state == _S.COMPUTE:
@@ -822,6 +829,7 @@ class HetMemEngine:
 
     def close(self) -> None:
         """Removes the hooks and frees the tiers (disk files included)."""
+        self._close_tracer()
         for handle in self._handles:
             handle.remove()
         for tier in self.tiers:

@@ -1,0 +1,223 @@
+"""The engine against plain torch: exactness, budgets, tiers, checkpoints, accumulation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ptrain.core.models.gpt import GPT, gpt_loss
+from ptrain.hetmem import AdamConfig, BudgetExceeded, NotSupportedError, TierSpec
+from ptrain.hetmem.testing import (
+    CONFIG,
+    TIGHT,
+    batch,
+    engine_steps,
+    make_engine,
+    make_models,
+    torch_steps,
+)
+
+
+def _max_diff(engine_state: dict[str, torch.Tensor], model: torch.nn.Module) -> float:
+    return max(
+        (engine_state[name] - value).abs().max().item()
+        for name, value in model.state_dict().items()
+    )
+
+
+@pytest.mark.parametrize("policy", ["opt", "lru"])
+def test_fp32_tight_budget_is_bitwise_torch_adam(policy: str) -> None:
+    reference, model = make_models()
+    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-2, foreach=False)
+    engine = make_engine(model, device_budget=TIGHT, policy=policy)
+    expected = torch_steps(reference, optimizer, range(5))
+    losses = engine_steps(engine, range(5))
+    assert losses == expected
+    state = engine.state_dict()
+    for name, value in reference.state_dict().items():
+        assert torch.equal(state["model"][name], value), name
+    # optimizer state is torch's, too
+    names = list(dict(reference.named_parameters()))
+    for index, param in enumerate(reference.parameters()):
+        torch_state = optimizer.state[param]
+        assert torch.equal(state["optimizer"]["state"][index]["exp_avg"], torch_state["exp_avg"])
+        assert torch.equal(
+            state["optimizer"]["state"][index]["exp_avg_sq"], torch_state["exp_avg_sq"]
+        ), names[index]
+    # the budget really forced traffic, and was never exceeded
+    assert engine.iteration_traffic[-1] > 0
+    assert engine.fast.peak <= engine.fast.capacity
+    engine.close()
+
+
+def test_adamw_static_policy_is_bitwise() -> None:
+    reference, model = make_models(1)
+    optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-2, weight_decay=0.1, foreach=False)
+    engine = make_engine(
+        model,
+        AdamConfig(lr=1e-2, weight_decay=0.1, decoupled=True),
+        device_budget="4MiB",
+        policy="static",
+    )
+    assert engine_steps(engine, range(3)) == torch_steps(reference, optimizer, range(3))
+    assert _max_diff(engine.state_dict()["model"], reference) == 0.0
+    # ZeRO-Offload: every step streams gradients and parameters, never Adam states
+    per_iteration = engine.iteration_traffic[-1]
+    param_bytes = sum(g.param.nbytes for g in engine.groups)
+    assert per_iteration == 3 * param_bytes
+    engine.close()
+
+
+def test_mixed_mode_tracks_fp32_within_tolerance() -> None:
+    # bf16 compute copy + fp32 master (14 B/param). Tolerance: the loss within 2e-2 relative
+    # (bf16 forward); Adam moves every weight by about lr per step whatever the gradient's size,
+    # so bf16 noise can flip the sign of a tiny gradient's update: any weight is within
+    # 2 * lr * steps of fp32 training, and the mean difference is far below that.
+    reference, model = make_models()
+    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-3, foreach=False)
+    engine = make_engine(model, AdamConfig(lr=1e-3), device_budget=TIGHT, mode="mixed")
+    expected = torch_steps(reference, optimizer, range(5))
+    losses = engine_steps(engine, range(5))
+    for ours, theirs in zip(losses, expected, strict=True):
+        assert abs(ours - theirs) / theirs < 2e-2
+    state = engine.state_dict()["model"]
+    assert _max_diff(state, reference) <= 2 * 1e-3 * 5
+    diffs = torch.cat([(state[n] - v).abs().flatten() for n, v in reference.state_dict().items()])
+    assert diffs.mean().item() < 2e-4
+    assert engine.memory_report()["model_data_bytes"] == sum(
+        c.nbytes for g in engine.groups for c in g.chunks()
+    )
+    engine.close()
+
+
+@pytest.mark.parametrize("budget", ["1400KiB", "1600KiB", "2MiB", "3MiB"])
+@pytest.mark.parametrize("policy", ["opt", "lru"])
+def test_peak_never_exceeds_capacity(budget: str, policy: str) -> None:
+    _, model = make_models()
+    engine = make_engine(
+        model,
+        device_budget=budget,
+        policy=policy,
+        tiers=(TierSpec(kind="cpu", capacity="2MiB"), TierSpec(kind="disk")),
+    )
+    peaks: list[tuple[int, int]] = []
+
+    def check() -> None:
+        for tier in engine.tiers:
+            if tier.capacity is not None:
+                assert tier.peak <= tier.capacity, (tier.name, tier.peak, tier.capacity)
+                assert tier.used == sum(c.nbytes for c in engine.chunks.values() if c.tier is tier)
+        peaks.append((engine.fast.peak, engine.fast.capacity or 0))
+
+    engine_steps(engine, range(3), check)
+    # the budget is really used: the peak reaches most of it
+    assert peaks[-1][0] > 0.8 * peaks[-1][1]
+    engine.close()
+
+
+def test_budget_below_one_chunk_names_the_minimum() -> None:
+    _, model = make_models()
+    with pytest.raises(BudgetExceeded, match=r"below the minimum 160000 bytes"):
+        make_engine(model, device_budget="100KiB")
+
+
+def test_budget_without_room_for_activations_is_a_clear_error() -> None:
+    _, model = make_models()
+    engine = make_engine(model, device_budget="400KiB")
+    tokens, targets = batch(0)
+    with pytest.raises(BudgetExceeded, match="device tier"):
+        engine(tokens, targets)
+    engine.close()
+
+
+def test_disk_tier_round_trip(tmp_path: Path) -> None:
+    reference, model = make_models()
+    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-2, foreach=False)
+    engine = make_engine(
+        model,
+        device_budget=TIGHT,
+        tiers=(TierSpec(kind="cpu", capacity="1MiB"), TierSpec(kind="disk", path=str(tmp_path))),
+    )
+    disk = engine.tiers[2]
+    files_seen: list[int] = []
+
+    def check() -> None:
+        files_seen.append(len(list(tmp_path.glob("chunk-*.bin"))))
+        assert files_seen[-1] * 0 + disk.used == sum(
+            c.nbytes for c in engine.chunks.values() if c.tier is disk
+        )
+
+    losses = engine_steps(engine, range(4), check)
+    assert losses == torch_steps(reference, optimizer, range(4))
+    assert disk.bytes_in > 0 and disk.bytes_out > 0
+    assert max(files_seen) > 0
+    assert _max_diff(engine.state_dict()["model"], reference) == 0.0
+    engine.close()
+    assert not list(tmp_path.glob("chunk-*.bin"))
+
+
+def test_checkpoint_resume_equals_uninterrupted_and_loads_into_plain_torch(tmp_path: Path) -> None:
+    _, model_a = make_models()
+    uninterrupted = make_engine(model_a, device_budget=TIGHT)
+    expected = engine_steps(uninterrupted, range(6))
+
+    _, model_b = make_models()
+    first = make_engine(model_b, device_budget=TIGHT)
+    engine_steps(first, range(3))
+    path = tmp_path / "ckpt.pt"
+    first.save(path)
+    first.close()
+
+    _, model_c = make_models(seed=7)  # different initial weights: the checkpoint must win
+    resumed = make_engine(model_c, device_budget=TIGHT)
+    assert resumed.load(path) == 3
+    assert engine_steps(resumed, range(3, 6)) == expected[3:]
+    assert _max_diff(resumed.state_dict()["model"], GPT(CONFIG)) >= 0  # shapes line up
+    for name, value in uninterrupted.state_dict()["model"].items():
+        assert torch.equal(resumed.state_dict()["model"][name], value)
+
+    # plain torch, no ptrain-hetmem: the file's model and optimizer load as they are
+    payload = torch.load(path, weights_only=True)
+    plain = GPT(CONFIG)
+    plain.load_state_dict(payload["model"])
+    adam = torch.optim.Adam(plain.parameters(), lr=1e-2, foreach=False)
+    adam.load_state_dict(payload["optimizer"])
+    torch_steps(plain, adam, range(3, 6))
+    for name, value in plain.state_dict().items():
+        assert torch.equal(uninterrupted.state_dict()["model"][name], value), name
+    uninterrupted.close()
+    resumed.close()
+
+
+def test_gradient_accumulation_in_fp32_and_refused_in_mixed() -> None:
+    reference, model = make_models()
+    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-2, foreach=False)
+    engine = make_engine(model, device_budget=TIGHT)
+    for micro in (0, 1):
+        tokens, targets = batch(micro)
+        gpt_loss(reference(tokens), targets).backward()
+        loss = engine(tokens, targets)
+        engine.backward(loss)
+    optimizer.step()
+    engine.step()
+    assert _max_diff(engine.state_dict()["model"], reference) == 0.0
+    engine.close()
+
+    _, model = make_models()
+    mixed = make_engine(model, device_budget=TIGHT, mode="mixed")
+    tokens, targets = batch(0)
+    mixed.backward(mixed(tokens, targets))
+    with pytest.raises(NotSupportedError, match="gradient accumulation needs mode='fp32'"):
+        mixed.backward(mixed(tokens, targets))
+    mixed.close()
+
+
+def test_steady_state_fits_without_traffic_when_budget_is_large() -> None:
+    _, model = make_models()
+    engine = make_engine(model, device_budget="16MiB")
+    engine_steps(engine, range(3))
+    # after warm-up everything stays on the device tier: no bytes move in steady state
+    assert engine.iteration_traffic[-1] == 0
+    engine.close()
