@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,28 @@ ARTIFACT_W6 = {"tiresias": 3470.0, "optimus": 5302.0, "pollux": 2446.0}
 ARTIFACT_MEAN = {"tiresias": 4038.0, "optimus": 5682.0, "pollux": 2751.0}
 
 
+def _run(task: tuple[int, str, int, str]) -> dict[str, float]:
+    """One (workload, policy, seed) simulation; its summary row."""
+    w, name, seed, options = task
+    specs = load_pollux_csv(SHARED / f"workload-{w}.csv")
+    policy = make_policy(name, seed=seed, **json.loads(options))
+    result = simulate(specs, policy, ClusterSpec.from_gpus(64, 4), seed=seed)
+    assert len(result.records) == len(specs)
+    row = {
+        "seed": seed,
+        **result.summary,
+        "events_per_s": result.events / result.wall_s,
+        "wall_s": result.wall_s,
+    }
+    print(
+        f"workload-{w} {name:8s} seed {seed}: avg JCT {row['avg_jct']:7.0f} s, "
+        f"p99 {row['p99_jct']:7.0f} s, makespan {row['makespan']:7.0f} s, "
+        f"{row['events_per_s']:.0f} events/s, {row['wall_s']:.1f} s",
+        flush=True,
+    )
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", type=int, nargs="+", default=list(range(1, 8)))
@@ -39,37 +62,28 @@ def main() -> None:
     parser.add_argument(
         "--ones-options",
         default="{}",
-        help='extra OnesPolicy fields as JSON, e.g. {"epoch_samples": 10000}',
+        help='extra OnesPolicy fields as JSON, e.g. {"variant": "artifact"}',
     )
     parser.add_argument("--json", type=Path, default=RESULTS / "bench_workloads.json")
+    parser.add_argument(
+        "--rows", default=None, help="policies whose summary rows are written (default: all)"
+    )
+    parser.add_argument("--processes", type=int, default=1, help="simulations run in parallel (1)")
     args = parser.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"shared workloads not found at {SHARED}")
-    cluster = ClusterSpec.from_gpus(64, 4)
     policies = args.policies.split(",")
     detail: dict[str, dict[str, list[dict[str, float]]]] = {p: {} for p in policies}
-    for w in args.workloads:
-        specs = load_pollux_csv(SHARED / f"workload-{w}.csv")
-        for name in policies:
-            seeds = range(args.ones_seeds) if name == "ones" else range(1)
-            for seed in seeds:
-                options = json.loads(args.ones_options) if name == "ones" else {}
-                policy = make_policy(name, seed=seed, **options)
-                result = simulate(specs, policy, cluster, seed=seed)
-                assert len(result.records) == len(specs)
-                row = {
-                    "seed": seed,
-                    **result.summary,
-                    "events_per_s": result.events / result.wall_s,
-                    "wall_s": result.wall_s,
-                }
-                detail[name].setdefault(f"workload-{w}", []).append(row)
-                print(
-                    f"workload-{w} {name:8s} seed {seed}: avg JCT {row['avg_jct']:7.0f} s, "
-                    f"p99 {row['p99_jct']:7.0f} s, makespan {row['makespan']:7.0f} s, "
-                    f"{row['events_per_s']:.0f} events/s, {row['wall_s']:.1f} s",
-                    flush=True,
-                )
+    tasks = [
+        (w, name, seed, args.ones_options if name == "ones" else "{}")
+        for w in args.workloads
+        for name in policies
+        for seed in (range(args.ones_seeds) if name == "ones" else range(1))
+    ]
+    with ProcessPoolExecutor(max_workers=args.processes) as pool:
+        rows = list(pool.map(_run, tasks))
+    for (w, name, _, _), row in zip(tasks, rows, strict=True):
+        detail[name].setdefault(f"workload-{w}", []).append(row)
 
     def mean_over(name: str, key: str) -> float:
         # mean over workloads of the per-workload mean over seeds
@@ -95,6 +109,11 @@ def main() -> None:
             values["avg_jct_std_over_seeds"] = float(np.mean(seed_std))
         if tiresias_jct:
             values["avg_jct_vs_tiresias"] = float(values["avg_jct"]) / tiresias_jct
+            if name == "ones":
+                for key, runs in detail[name].items():
+                    own = float(np.mean([r["avg_jct"] for r in runs]))
+                    base = float(np.mean([r["avg_jct"] for r in detail["tiresias"][key]]))
+                    values[f"{key.replace('-', '')}_vs_tiresias"] = own / base
         if name in ARTIFACT_MEAN and "workload-6" in detail[name]:
             w6 = float(np.mean([r["avg_jct"] for r in detail[name]["workload-6"]]))
             values["workload6_avg_jct"] = w6
@@ -103,7 +122,8 @@ def main() -> None:
         label = name
         if name == "ones" and json.loads(args.ones_options):
             label = "ones " + ",".join(f"{k}={v}" for k, v in json.loads(args.ones_options).items())
-        metrics.append({"name": label, "values": values})
+        if args.rows is None or name in args.rows.split(","):
+            metrics.append({"name": label, "values": values})
     workloads = " ".join(str(w) for w in args.workloads)
     command = (
         "python packages/ptrain-sched/benchmarks/bench_workloads.py "
@@ -113,6 +133,8 @@ def main() -> None:
         command += f" --policies {args.policies}"
     if json.loads(args.ones_options):
         command += f" --ones-options '{args.ones_options}'"
+    if args.rows is not None:
+        command += f" --rows {args.rows}"
     meta = {
         "command": command,
         "cluster": "16 nodes x 4 GPUs",

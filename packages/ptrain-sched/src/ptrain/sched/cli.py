@@ -112,7 +112,7 @@ def _add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     )
     ones.add_argument(
         "--ones-update-guard",
-        choices=("none", "global", "per-job"),
+        choices=("none", "time", "global", "per-job"),
         default=None,
         help="override the variant",
     )

@@ -70,6 +70,8 @@ from ptrain.sched.types import Allocation, JobAssignment, JobView, SchedulerStat
 
 __all__ = ["ONES_VARIANTS", "OnesPolicy", "ones_batch_size"]
 
+_FORBIDDEN = 1e12  # fitness of a count the update guard rules out
+
 ONES_VARIANTS: dict[str, dict[str, object]] = {
     # The default: the paper's objective (predicted completion) with restart costs, greedy
     # seeding, goodput batch sizes and no slow start (see the class docstring and README).
@@ -123,7 +125,10 @@ class OnesPolicy:
         update_guard: ``"global"`` (artifact): if any running job that would change has not
             run ``update_interval_epochs`` since its last change, only starts on free GPUs
             apply; ``"per-job"``: only those jobs keep their GPUs, the rest of the best
-            allocation applies; ``"none"``: the best individual always applies.
+            allocation applies; ``"time"``: a running job changed less than
+            ``update_interval_seconds`` ago keeps its GPUs (enforced in the fitness, so the rest
+            is optimised around it); ``"none"``: the best individual always applies.
+        update_interval_seconds: the ``"time"`` guard's interval.
         fitness: ``"jct"`` (completion rate with restart cost) or ``"gpu-time"`` (artifact).
         growth: ``"none"`` (cap = 4× request at once) or ``"epochs"`` (artifact slow start).
         rates: ``"model"`` (job model, when there is one) or ``"table"`` (online table).
@@ -153,6 +158,7 @@ class OnesPolicy:
     predictor: str = "history"
     sample_prediction: bool = False
     update_guard: str = "none"
+    update_interval_seconds: float = 600.0
     fitness: str = "jct"
     growth: str = "none"
     rates: str = "model"
@@ -161,6 +167,7 @@ class OnesPolicy:
     restart_penalty: float = 30.0
     restart_weight: float = 20.0
     jct_exponent: float = 1.0
+    restart_relative: float = 0.0
     prior_seconds: float = 3600.0
     seed: int = 0
     name: str = "ones"
@@ -171,6 +178,7 @@ class OnesPolicy:
     _pending: dict[int, int] = field(default_factory=dict, init=False, repr=False)
     _first_start: dict[int, float] = field(default_factory=dict, init=False, repr=False)
     _last_gpus: dict[int, int] = field(default_factory=dict, init=False, repr=False)
+    _changed_at: dict[int, float] = field(default_factory=dict, init=False, repr=False)
     _table_cache: dict[tuple[object, ...], np.ndarray] = field(
         default_factory=dict, init=False, repr=False
     )
@@ -200,7 +208,7 @@ class OnesPolicy:
         if self.predictor not in ("history", "oracle"):
             raise ValueError(f"predictor must be 'history' or 'oracle', got {self.predictor!r}")
         choices = {
-            "update_guard": ("global", "per-job", "none"),
+            "update_guard": ("global", "per-job", "time", "none"),
             "fitness": ("gpu-time", "jct"),
             "growth": ("epochs", "none"),
             "rates": ("table", "model"),
@@ -211,6 +219,10 @@ class OnesPolicy:
                 raise ValueError(
                     f"{name} must be one of {', '.join(valid)}, got {getattr(self, name)!r}"
                 )
+        if self.update_interval_seconds < 0:
+            raise ValueError(
+                f"update_interval_seconds must be >= 0, got {self.update_interval_seconds}"
+            )
         if self.restart_weight < 0:
             raise ValueError(f"restart_weight must be >= 0, got {self.restart_weight}")
         if self.restart_penalty < 0:
@@ -237,6 +249,7 @@ class OnesPolicy:
             self._pending,
             self._first_start,
             self._last_gpus,
+            self._changed_at,
         ):
             for job_id in list(book):
                 if job_id not in active:
@@ -449,7 +462,12 @@ class OnesPolicy:
         return cached[0]
 
     def _jct_table(
-        self, jobs: list[JobView], state: SchedulerState, caps: np.ndarray, size: int
+        self,
+        jobs: list[JobView],
+        state: SchedulerState,
+        caps: np.ndarray,
+        size: int,
+        locked: frozenset[int] = frozenset(),
     ) -> tuple[np.ndarray, dict[int, float]]:
         """Fitness table for ``fitness="jct"``: table[j, n] = −1 / T_j(n), 0 for n = 0.
 
@@ -475,10 +493,12 @@ class OnesPolicy:
                 continue
             cap = int(caps[jid])
             best = int(np.argmax(rates[1 : cap + 1])) + 1
+            if jid in locked and job.num_gpus < len(rates):
+                best = job.num_gpus  # it keeps its GPUs: decide() forbids other counts
             caps[jid] = best
             with np.errstate(divide="ignore"):
                 times = remaining[jid] / np.maximum(rates[1 : best + 1], 1e-300)
-            penalty = np.full(best, self.restart_weight * self.restart_penalty)
+            penalty = self.restart_weight * self.restart_penalty + self.restart_relative * times
             if 1 <= job.num_gpus <= best:
                 penalty[job.num_gpus - 1] = 0.0
             table[jid, 1 : best + 1] = -((times + penalty) ** -self.jct_exponent)
@@ -540,12 +560,27 @@ class OnesPolicy:
             pending[job.job_id] = self._pending[job.job_id]
             protected[job.job_id] = self.epochs(job) < self.epochs_before_scaling
             active[job.job_id] = True
+        time_locked: frozenset[int] = frozenset()
+        if self.update_guard == "time":
+            time_locked = frozenset(
+                j.job_id
+                for j in jobs
+                if j.num_gpus > 0
+                and state.now - self._changed_at.get(j.job_id, -math.inf)
+                < self.update_interval_seconds
+            )
         if self.fitness == "jct":
-            table, one_gpu_time = self._jct_table(jobs, state, caps, size)
-            max_cap = table.shape[1] - 1
+            table, one_gpu_time = self._jct_table(jobs, state, caps, size, time_locked)
         else:
             table, one_gpu_time = self._gpu_time_table(jobs, state, caps, size)
-            max_cap = table.shape[1] - 1
+        max_cap = table.shape[1] - 1
+        by_id = {j.job_id: j for j in jobs}
+        for jid in time_locked:  # a job changed less than update_interval_seconds ago stays
+            cur = by_id[jid].num_gpus
+            if cur <= max_cap:
+                table[jid, :cur] = _FORBIDDEN
+                table[jid, cur + 1 :] = _FORBIDDEN
+                caps[jid] = cur
         new_jobs = np.array(
             [j.job_id for j in jobs if j.job_id not in one_gpu_time and not j.ever_ran],
             dtype=np.int64,
@@ -585,7 +620,10 @@ class OnesPolicy:
             for job in jobs:
                 now_counts[job.job_id] = min(job.num_gpus, int(caps[job.job_id]))
             rows = []
-            for start in (np.zeros(size, dtype=np.int64), now_counts):
+            scratch = np.zeros(size, dtype=np.int64)
+            for jid in time_locked:
+                scratch[jid] = now_counts[jid]
+            for start in (scratch, now_counts):
                 counts = self.greedy_counts(table, caps, ids, slots, start)
                 row = np.full(slots, -1, dtype=np.int64)
                 genes = np.repeat(np.arange(size), counts)
@@ -613,19 +651,22 @@ class OnesPolicy:
             population = candidates[best]
         self._population = population
 
-        by_id = {j.job_id: j for j in jobs}
         target = np.bincount(population[0][population[0] >= 0], minlength=size)
         held = {j.job_id: j.num_gpus for j in jobs if j.num_gpus > 0}
         changed_running = [jid for jid, n in held.items() if target[jid] != n]
-        locked = [
-            jid
-            for jid in changed_running
-            if by_id[jid].epochs_at_last_change is not None
-            and self.epochs(by_id[jid]) - self._epochs_at(by_id[jid]) < self.update_interval_epochs
-        ]
+        if self.update_guard == "time":  # the fitness forbids these; a fallback if violated
+            locked = [jid for jid in changed_running if jid in time_locked]
+        else:
+            locked = [
+                jid
+                for jid in changed_running
+                if by_id[jid].epochs_at_last_change is not None
+                and self.epochs(by_id[jid]) - self._epochs_at(by_id[jid])
+                < self.update_interval_epochs
+            ]
         if not locked or self.update_guard == "none":
             counts = {int(j): int(target[j]) for j in np.flatnonzero(target)}
-        elif self.update_guard == "per-job":
+        elif self.update_guard in ("per-job", "time"):
             # Locked jobs keep their GPUs; the others follow the best individual where it fits.
             counts = {jid: held[jid] for jid in locked}
             free = slots - sum(counts.values())
@@ -644,6 +685,9 @@ class OnesPolicy:
                 if job_id not in held and 0 < n <= free:
                     counts[job_id] = n
                     free -= n
+        for job in jobs:
+            if counts.get(job.job_id, 0) != job.num_gpus:
+                self._changed_at[job.job_id] = state.now
         batches = {j: ones_batch_size(by_id[j], n, self.lr_scale_cap) for j, n in counts.items()}
         allocation = place(counts, batches, state.current, cluster)
         if self.batch_rule == "linear":
