@@ -33,6 +33,7 @@ LAYOUTS: list[tuple[str, dict[str, int], dict[str, Any], str, int]] = [
     ("dp2-cp2-ring-zero3", {"dp_shard": 2, "cp": 2}, {"sp": "ring", "dp": "zero3"}, "adamw", 4),
     ("dp2-tp2-torch1d-zero1-lamb", {"dp_shard": 2, "tp": 2},
      {"tp": "1d", "tp_backend": "torch", "dp": "zero1"}, "lamb", 4),
+    ("pp2-dp2-zero3-lamb", {"dp_shard": 2, "pp": 2}, {"dp": "zero3"}, "lamb", 4),
 ]  # fmt: skip
 
 

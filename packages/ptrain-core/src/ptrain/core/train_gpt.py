@@ -68,6 +68,8 @@ class TrainSettings:
         checkpoint: directory to resume from / save to (None: no checkpoints).
         save_every: also save every this many steps (0: only at the end).
         config: the model sizes (default ``GPTConfig.debug()``).
+        schedule: pipeline schedule when ``dims.pp > 1`` (``gpipe``, ``1f1b``, ``interleaved``).
+        microbatches: pipeline micro-batches per step when ``dims.pp > 1``.
     """
 
     steps: int = 10
@@ -80,6 +82,8 @@ class TrainSettings:
     checkpoint: str | None = None
     save_every: int = 0
     config: GPTConfig = field(default_factory=GPTConfig.debug)
+    schedule: str = "1f1b"
+    microbatches: int = 4
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum"):
@@ -168,6 +172,8 @@ def train_gpt(
     if config.seq_len % dims.cp:
         raise ValueError(f"seq_len {config.seq_len} is not divisible by cp={dims.cp}")
     dims.build_mesh("cpu" if dist.get_backend() == "gloo" else None)
+    if dims.pp > 1:
+        return _train_pipeline(dims, plan, settings, log)
     model = parallelize(GPT(config, device="meta"), dims, plan)
     loss_of = loss_fn(model)
     optimizer = make_optimizer(model, dims, plan.dp, settings)
@@ -235,6 +241,80 @@ def train_gpt(
     return losses
 
 
+def _train_pipeline(
+    dims: ParallelDims, plan: Any, settings: TrainSettings, log: Callable[[str], None] | None
+) -> list[float]:
+    """Pipeline parallelism (``ptrain.core.pipeline``) × data parallelism: DDP-style gradient
+    averaging after each pipeline step, or ZeRO-3 by ``fully_shard`` on each stage."""
+    from ptrain.core.pipeline import build_pipeline
+    from ptrain.core.sp import average_gradients
+
+    if dims.tp > 1 or dims.cp > 1:
+        raise ValueError("--pp composes with data parallelism only (not with --tp or --sp) here")
+    if settings.checkpoint is not None:
+        raise ValueError("--checkpoint is not supported with --pp yet")
+    if plan.dp == "zero1":
+        raise ValueError("--zero 1 is not supported with --pp; use --zero 3 or plain DDP")
+    dp = dims.dp_size
+    local_batch = settings.batch_size // dp
+    if local_batch % settings.microbatches:
+        raise ValueError(
+            f"the per-data-parallel-rank batch {local_batch} is not divisible by "
+            f"--microbatches {settings.microbatches}"
+        )
+    prepare = None
+    if plan.dp == "zero3" and dp > 1:
+        from torch.distributed.fsdp import fully_shard
+
+        dp_mesh = dims.get_mesh("dp_shard")
+
+        def prepare(chunk: nn.Module) -> nn.Module:
+            return fully_shard(chunk, mesh=dp_mesh)
+
+    pipe = build_pipeline(
+        GPT(settings.config, device="meta"), dims.get_mesh("pp"), schedule=settings.schedule,
+        microbatches=settings.microbatches, init_seed=settings.seed, prepare=prepare,
+    )  # fmt: skip
+    params = list(pipe.parameters())
+    optimizer: torch.optim.Optimizer
+    if settings.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    else:
+        from ptrain.core.data_parallel import LocalShardOptimizer, has_dtensor_params
+        from ptrain.core.optim import LAMB
+
+        if has_dtensor_params(nn.ModuleList(pipe.modules)):
+            optimizer = LocalShardOptimizer(
+                params, LAMB, lr=settings.lr, weight_decay=settings.weight_decay
+            )
+        else:
+            optimizer = LAMB(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    say = log if (log is not None and dist.get_rank() == 0) else (lambda line: None)
+    dp_index = dims.get_mesh("dp").get_local_rank()
+    dp_group = dims.get_group("dp")
+    losses = []
+    for step in range(settings.steps):
+        begin = time.perf_counter()
+        tokens, targets = synthetic_batch(
+            settings.config, settings.batch_size, seed=settings.seed * 1_000_003 + step
+        )
+        tokens = _rank_slice(tokens, dp_index, dp).to(pipe.device)
+        targets = _rank_slice(targets, dp_index, dp).to(pipe.device)
+        mean = pipe.step(tokens, target=targets).detach().clone()
+        if dp > 1 and plan.dp != "zero3":
+            for module in pipe.modules:
+                average_gradients(module, dp_group)
+        optimizer.step()
+        dist.all_reduce(mean, group=dp_group)
+        loss = float(mean.item()) / dp
+        losses.append(loss)
+        say(
+            f"step {step + 1:4d}/{settings.steps}  loss {loss:.4f}  "
+            f"({(time.perf_counter() - begin) * 1e3:.0f} ms)"
+        )
+    return losses
+
+
 def _layout(dims: ParallelDims, plan: Any) -> dict[str, Any]:
     return {
         "dp_replicate": dims.dp_replicate, "dp_shard": dims.dp_shard, "cp": dims.cp,
@@ -289,6 +369,24 @@ def _build_parser() -> argparse.ArgumentParser:
         "when --sp is given)",
     )
     parser.add_argument(
+        "--pp",
+        type=positive_int,
+        default=1,
+        help="pipeline stages (composes with --dp and --zero 3; default 1)",
+    )
+    parser.add_argument(
+        "--schedule",
+        choices=("gpipe", "1f1b", "interleaved"),
+        default="1f1b",
+        help="pipeline schedule with --pp > 1 (default 1f1b)",
+    )
+    parser.add_argument(
+        "--microbatches",
+        type=positive_int,
+        default=4,
+        help="pipeline micro-batches per step with --pp > 1 (default 4)",
+    )
+    parser.add_argument(
         "--zero",
         type=int,
         choices=(1, 3),
@@ -332,33 +430,35 @@ def _dims_from_args(args: argparse.Namespace, world_size: int) -> ParallelDims:
         if args.sp is None:
             cp = 1
         else:
-            rest = world_size // (args.tp * (dp or 1))
-            if world_size % (args.tp * (dp or 1)) or rest < 2:
+            rest = world_size // (args.tp * args.pp * (dp or 1))
+            if world_size % (args.tp * args.pp * (dp or 1)) or rest < 2:
                 raise UserError(
                     f"--sp {args.sp}: world size {world_size} leaves no cp degree > 1 after "
-                    f"--dp {dp or 1} × --tp {args.tp}; pass --cp"
+                    f"--dp {dp or 1} × --tp {args.tp} × --pp {args.pp}; pass --cp"
                 )
             cp = rest
     if args.sp is not None and cp < 2:
         raise UserError(f"--sp {args.sp} needs --cp of at least 2, got {cp}")
     if dp is None:
-        if world_size % (args.tp * cp):
+        if world_size % (args.tp * args.pp * cp):
             raise UserError(
                 f"world size {world_size} is not divisible by --tp {args.tp} × --cp {cp}"
+                + (f" × --pp {args.pp}" if args.pp > 1 else "")
             )
-        dp = world_size // (args.tp * cp)
+        dp = world_size // (args.tp * args.pp * cp)
     if dp % args.dp_replicate:
         raise UserError(f"--dp-replicate {args.dp_replicate} must divide --dp {dp}")
-    product = dp * cp * args.tp
+    product = dp * cp * args.tp * args.pp
     if product != world_size:
+        pp = f" × --pp {args.pp}" if args.pp > 1 else ""
         raise UserError(
-            f"--dp {dp} × --cp {cp} × --tp {args.tp} = {product}, but the world size is "
+            f"--dp {dp} × --cp {cp} × --tp {args.tp}{pp} = {product}, but the world size is "
             f"{world_size} (torchrun --nproc-per-node × --nnodes)"
         )
     try:
         return ParallelDims(
             dp_replicate=args.dp_replicate, dp_shard=dp // args.dp_replicate, cp=cp,
-            tp=args.tp, world_size=world_size,
+            tp=args.tp, pp=args.pp, world_size=world_size,
         )  # fmt: skip
     except ValueError as error:
         raise UserError(str(error)) from None
@@ -383,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = TrainSettings(
             steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
             optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
-            checkpoint=args.checkpoint, save_every=args.save_every,
+            checkpoint=args.checkpoint, save_every=args.save_every, schedule=args.schedule,
+            microbatches=args.microbatches,
         )  # fmt: skip
     except ValueError as error:
         raise UserError(str(error)) from None
@@ -406,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             print(
                 f"{PROG}: world {world_size} = dp {dp} (replicate {dims.dp_replicate}) × "
-                f"cp {dims.cp} × tp {dims.tp}; tp-mode {args.tp_mode}, sp {args.sp}, "
+                f"cp {dims.cp} × tp {dims.tp} × pp {dims.pp}; tp-mode {args.tp_mode}, "
+                f"sp {args.sp}, "
                 f"{dp_mode}, {settings.optimizer}, {settings.steps} steps",
                 flush=True,
             )
