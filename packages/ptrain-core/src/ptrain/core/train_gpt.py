@@ -268,11 +268,11 @@ def _train_pipeline(
 
         dp_mesh = dims.get_mesh("dp_shard")
 
-        def prepare(chunk: nn.Module) -> nn.Module:
+        def prepare(chunk: nn.Module) -> Any:
             return fully_shard(chunk, mesh=dp_mesh)
 
     pipe = build_pipeline(
-        GPT(settings.config, device="meta"), dims.get_mesh("pp"), schedule=settings.schedule,
+        GPT(settings.config, device="meta"), dims.get_mesh("pp"), schedule=settings.schedule,  # type: ignore[arg-type]
         microbatches=settings.microbatches, init_seed=settings.seed, prepare=prepare,
     )  # fmt: skip
     params = list(pipe.parameters())
