@@ -61,8 +61,10 @@ def _run_plan(args: argparse.Namespace) -> int:
     summary["used_chunk_size"] = chosen
     summary["groups"] = layout.num_groups
     bytes_per_elem = 16 if args.mode == "fp32" else 14
-    summary["model_data_bytes"] = layout.num_groups * chosen * bytes_per_elem
-    summary["min_device_budget_bytes"] = chosen * (8 if args.mode == "fp32" else 2)
+    model_bytes = layout.num_groups * chosen * bytes_per_elem
+    min_budget = chosen * (8 if args.mode == "fp32" else 2)
+    summary["model_data_bytes"] = model_bytes
+    summary["min_device_budget_bytes"] = min_budget
     print(
         f"GPT {args.layers} layers x {args.width}: {report.total_elements:,} parameters in "
         f"{len(lists)} module lists, largest {report.min_size:,}"
@@ -75,8 +77,8 @@ def _run_plan(args: argparse.Namespace) -> int:
         )
     print(
         f"chunk size {chosen:,} -> {layout.num_groups} groups, model data "
-        f"{format_bytes(summary['model_data_bytes'])} ({args.mode}), minimum device budget "
-        f"{format_bytes(summary['min_device_budget_bytes'])} + activations"
+        f"{format_bytes(model_bytes)} ({args.mode}), minimum device budget "
+        f"{format_bytes(min_budget)} + activations"
     )
     if args.json:
         write_json(args.json, summary)
@@ -84,14 +86,18 @@ def _run_plan(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- bench
+def _ratio(numerator: int, denominator: int) -> str:
+    return "n/a (baseline fits nothing)" if denominator == 0 else f"{numerator / denominator:.2f}x"
+
+
 def _run_bench(args: argparse.Namespace) -> int:
     from ptrain.hetmem import bench
 
     if args.what == "capacity":
         result = bench.bench_capacity(args.budget, args.host_budget)
         print(
-            f"hetmem/plain {result['hetmem_params'] / max(result['plain_params'], 1):.2f}x, "
-            f"hetmem/static {result['hetmem_params'] / max(result['static_params'], 1):.2f}x"
+            f"hetmem/plain {_ratio(result['hetmem_params'], result['plain_params'])}, "
+            f"hetmem/static {_ratio(result['hetmem_params'], result['static_params'])}"
         )
         if args.json:
             write_json(args.json, result)

@@ -295,15 +295,17 @@ class HetMemEngine:
             self._handles.append(
                 module.register_forward_hook(lambda _m, _i, _o, n=names: self._post_forward(n))
             )
-            self._handles.append(
-                module.register_full_backward_pre_hook(
-                    lambda _m, _g, n=names: self._pre_backward(n)
-                )
-            )
+            self._handles.append(module.register_full_backward_pre_hook(self._backward_hook(names)))
         for name, param in self.params.items():
             self._handles.append(
                 param.register_post_accumulate_grad_hook(lambda p, n=name: self._post_grad(n, p))
             )
+
+    def _backward_hook(self, names: list[str]) -> Callable[[nn.Module, Any], None]:
+        def hook(_module: nn.Module, _grad_output: Any) -> None:
+            self._pre_backward(names)
+
+        return hook
 
     # ------------------------------------------------------------------ tier moves
     def _model_ref(self, tensor: torch.Tensor) -> Any:

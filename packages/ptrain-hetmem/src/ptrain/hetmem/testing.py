@@ -8,6 +8,7 @@ engine with the debug chunk size.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -71,11 +72,11 @@ def engine_steps(
     return losses
 
 
-def make_engine(model: GPT, adam: AdamConfig | None = None, **config: object) -> HetMemEngine:
+def make_engine(model: GPT, adam: AdamConfig | None = None, **config: Any) -> HetMemEngine:
     config.setdefault("chunk_size", CHUNK)
     return initialize(
         model,
         adam or AdamConfig(lr=1e-2),
         HetMemConfig(**config),
-        loss_fn=gpt_loss,  # type: ignore[arg-type]
+        loss_fn=gpt_loss,
     )
