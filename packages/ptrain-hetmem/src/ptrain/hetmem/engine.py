@@ -466,8 +466,9 @@ class HetMemEngine:
         if self.warmup and self.trace.nonmodel and self.moment >= 0:
             self.trace.nonmodel[self.moment] = max(self.trace.nonmodel[self.moment], live)
         capacity = self.fast.capacity
+        growing = live > self.fast.nonmodel
         self.fast.set_nonmodel(live)
-        if capacity is not None and self.fast.used + live > capacity:
+        if growing and capacity is not None and self.fast.used + live > capacity:
             for victim in self._victims(self.fast, set()):
                 if self.fast.used + live <= capacity:
                     break
