@@ -21,6 +21,8 @@ saved under one layout resumes under another.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
 import os
 import sys
@@ -464,9 +466,24 @@ def _dims_from_args(args: argparse.Namespace, world_size: int) -> ParallelDims:
         raise UserError(str(error)) from None
 
 
-@cli_entry(PROG)
 def main(argv: list[str] | None = None) -> int:
-    """``train_gpt`` command: parse flags, join the torchrun job, train, print loss per step."""
+    """``train_gpt`` command: parse flags, join the torchrun job, train, print loss per step.
+
+    Under torchrun every rank checks the flags; only rank 0 prints a user error (one line,
+    exit 2 on every rank), so a typo does not print the same line once per process.
+    """
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        quiet = io.StringIO()
+        with contextlib.redirect_stderr(quiet):
+            code = _main(argv)
+        if code != 2:  # not a user error: show whatever was written
+            sys.stderr.write(quiet.getvalue())
+        return code
+    return _main(argv)
+
+
+@cli_entry(PROG)
+def _main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
     dims = _dims_from_args(args, world_size)
