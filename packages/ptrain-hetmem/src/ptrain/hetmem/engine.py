@@ -142,6 +142,8 @@ class HetMemEngine:
         self.event_initial_fast: set[str] = set()
         self._gathered: dict[int, bool] = {}
         self._bound: dict[int, str] = {}
+        self._unwritten: dict[str, set[str]] = {}
+        self._headroom = config.headroom_bytes
         self.params: dict[str, nn.Parameter] = dict(model.named_parameters())
         self.shapes = {name: p.shape for name, p in self.params.items()}
         self._build_tiers()
@@ -268,7 +270,7 @@ class HetMemEngine:
                         grp.master.view(slot.name).copy_(self.params[slot.name].detach())
                 grp.master.set_state(_S.HOLD)
 
-    def _allocate(self, chunk: Chunk, tier: Tier | None) -> None:
+    def _allocate(self, chunk: Chunk, tier: Tier | None, zero: bool = True) -> None:
         """Allocates a zero payload on ``tier`` (or the first slow tier with room)."""
         if tier is None:
             for candidate in self.tiers[1:]:
@@ -282,7 +284,7 @@ class HetMemEngine:
                 )
         else:
             self._make_room(tier, chunk.nbytes, {chunk.label})
-        chunk.block = tier.allocate(chunk.capacity, chunk.dtype)
+        chunk.block = tier.allocate(chunk.capacity, chunk.dtype, zero)
 
     def _install_hooks(self) -> None:
         self._handles: list[Any] = []
@@ -293,16 +295,17 @@ class HetMemEngine:
                 module.register_forward_pre_hook(lambda _m, _i, n=names: self._pre_forward(n))
             )
             self._handles.append(
-                module.register_forward_hook(lambda _m, _i, _o, n=names: self._post_forward(n))
+                module.register_forward_hook(
+                    lambda _m, _i, output, n=names: self._post_forward(n, output)
+                )
             )
-            self._handles.append(module.register_full_backward_pre_hook(self._backward_hook(names)))
         for name, param in self.params.items():
             self._handles.append(
                 param.register_post_accumulate_grad_hook(lambda p, n=name: self._post_grad(n, p))
             )
 
-    def _backward_hook(self, names: list[str]) -> Callable[[nn.Module, Any], None]:
-        def hook(_module: nn.Module, _grad_output: Any) -> None:
+    def _backward_hook(self, names: list[str]) -> Callable[[torch.Tensor], None]:
+        def hook(_grad: torch.Tensor) -> None:
             self._pre_backward(names)
 
         return hook
@@ -340,12 +343,9 @@ class HetMemEngine:
         if capacity is None:
             return None
         live = self.fast.nonmodel
-        budget = capacity - live - self.config.headroom_bytes
+        budget = capacity - live - self._headroom
         if not self.warmup and self.trace.total and self.stage in ("fwd", "bwd", "adam"):
-            budget = min(
-                budget,
-                self.trace.chunk_budget(capacity, self.moment, self.config.headroom_bytes),
-            )
+            budget = min(budget, self.trace.chunk_budget(capacity, self.moment, self._headroom))
         return budget
 
     def _fits(self, tier: Tier, nbytes: int) -> bool:
@@ -411,11 +411,11 @@ class HetMemEngine:
         dst.bytes_in += chunk.nbytes
         self.moves[f"{src.name}->{dst.name}"] += chunk.nbytes
 
-    def _ensure(self, chunk: Chunk, tier: Tier) -> None:
+    def _ensure(self, chunk: Chunk, tier: Tier, zero: bool = True) -> None:
         if chunk.block is None:
             if self.record_events and tier is self.fast:
                 self._event("alloc", chunk)
-            self._allocate(chunk, tier)
+            self._allocate(chunk, tier, zero)
             return
         if self.record_events:
             self._event("fast" if tier is self.fast else "slow", chunk)
@@ -525,6 +525,16 @@ class HetMemEngine:
                     self._release(c)
             self._gathered[k] = False
 
+    def _fill_unwritten(self, chunk: Chunk) -> None:
+        """Zero-fills the slots (and padding) of a fresh GRAD payload that got no gradient."""
+        names = self._unwritten.pop(chunk.label, None)
+        if chunk.block is None or names is None:
+            return
+        with torch.no_grad():
+            for name in names:
+                chunk.view(name).zero_()
+            chunk.block.tensor.narrow(0, chunk.used, chunk.capacity - chunk.used).zero_()
+
     def _reduce_scatter_grads(self) -> None:
         size = self.layout.chunk_size
         n_comm = -(-len(self.groups) // self.world)
@@ -533,6 +543,8 @@ class HetMemEngine:
             for r in range(self.world):
                 m = k * self.world + r
                 grad = self.groups[m].grad if m < len(self.groups) else None
+                if grad is not None:
+                    self._fill_unwritten(grad)
                 if grad is not None and grad.payload is not None:
                     parts.append(grad.payload.detach())
                 else:
@@ -579,7 +591,13 @@ class HetMemEngine:
         self._bind(names)
         self._end_moment()
 
-    def _post_forward(self, names: list[str]) -> None:
+    def _post_forward(self, names: list[str], output: Any) -> None:
+        # pre-backward: a hook on the module's output gradient (cheaper than a full backward
+        # hook); it fires once the gradient of the output is complete, before the module's own
+        # backward runs
+        first = _first_grad_tensor(output)
+        if first is not None:
+            first.register_hook(self._backward_hook(names))
         chunk = self.param_chunk[names[0]]
         chunk.set_state(_S.HOLD_AFTER_FWD, names)
         self._unbind(names)
@@ -606,7 +624,11 @@ class HetMemEngine:
         chunk.set_state(_S.COMPUTE, names)
         self._note_access(chunk)
         if grp.grad is not None:
-            self._ensure(grp.grad, self.fast)
+            if grp.grad.block is None:
+                self._ensure(grp.grad, self.fast, zero=False)
+                self._unwritten[grp.grad.label] = {slot.name for slot in grp.grad.slots}
+            else:
+                self._ensure(grp.grad, self.fast)
             grp.grad.set_state(_S.COMPUTE, names)
             self._note_access(grp.grad)
         self._bind(names)
@@ -618,7 +640,12 @@ class HetMemEngine:
         grp = self.group_of[name]
         with torch.no_grad():
             if grp.grad is not None:
-                grp.grad.view(name).add_(grad)
+                fresh = self._unwritten.get(grp.grad.label)
+                if fresh is not None and name in fresh:
+                    grp.grad.view(name).copy_(grad)  # fresh payload: no zero-fill needed
+                    fresh.discard(name)
+                else:
+                    grp.grad.view(name).add_(grad)
                 grp.grad.set_state(_S.HOLD_AFTER_BWD, [name])
             else:
                 grp.param.view(name).copy_(grad)
@@ -707,6 +734,7 @@ class HetMemEngine:
             if grp.grad is not None and grp.grad.block is not None:
                 grp.grad.set_state(_S.FREE)
                 self._release(grp.grad)
+                self._unwritten.pop(grp.grad.label, None)
         self._grads_pending = False
 
     def step(self) -> None:
@@ -739,6 +767,8 @@ class HetMemEngine:
         grad_source = grp.grad if grp.grad is not None else grp.param
         streamed: list[tuple[Chunk, Any]] = []
         work: dict[str, torch.Tensor] = {}
+        if grp.grad is not None:
+            self._fill_unwritten(grp.grad)
         for chunk in grp.chunks():
             if chunk is grp.grad and chunk.block is None:
                 self._allocate(chunk, self.fast if tier is self.fast else tier)
@@ -937,6 +967,19 @@ class HetMemEngine:
         checkpoint = load_checkpoint(path, model=model, optimizer=optim)  # type: ignore[arg-type]
         self.load_state_dict({"model": model.state, "optimizer": optim.state})
         return checkpoint.step
+
+
+def _first_grad_tensor(output: Any) -> torch.Tensor | None:
+    if isinstance(output, torch.Tensor):
+        return output if output.requires_grad else None
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            found = _first_grad_tensor(item)
+            if found is not None:
+                return found
+    if isinstance(output, dict):
+        return _first_grad_tensor(list(output.values()))
+    return None
 
 
 class _StateHolder:
