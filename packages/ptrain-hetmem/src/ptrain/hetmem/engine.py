@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -704,13 +703,7 @@ class HetMemEngine:
             )
         self.stage = "bwd"
         try:
-            with warnings.catch_warnings():
-                # Embedding-like first modules have no input that requires grad; the pre-hook
-                # still fires on the output gradient, which is what we want.
-                warnings.filterwarnings(
-                    "ignore", message="Full backward hook is firing", category=UserWarning
-                )
-                loss.backward()
+            loss.backward()
         finally:
             self._close_tracer()
         for grp in self.groups:
