@@ -135,6 +135,25 @@ def _add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         help="jct fitness: restart cost = weight × --restart-penalty (variant jct: 20)",
     )
     ones.add_argument(
+        "--ones-restart-relative",
+        type=float,
+        default=None,
+        help="jct fitness: extra restart cost as a fraction of remaining time (variant jct: 0.1)",
+    )
+    ones.add_argument(
+        "--ones-unknown-factor",
+        type=float,
+        default=None,
+        help="jct fitness: a job of an application never seen finishing needs this many "
+        "times its work done (1)",
+    )
+    ones.add_argument(
+        "--ones-update-interval",
+        type=float,
+        default=None,
+        help="seconds a job keeps its GPUs after a change with --ones-update-guard time (600)",
+    )
+    ones.add_argument(
         "--ones-jct-exponent",
         type=float,
         default=None,
@@ -163,6 +182,9 @@ def _ones_options(args: argparse.Namespace) -> dict[str, Any]:
                 ("sample_prediction", args.ones_sample_prediction),
                 ("restart_weight", args.ones_restart_weight),
                 ("jct_exponent", args.ones_jct_exponent),
+                ("restart_relative", args.ones_restart_relative),
+                ("unknown_factor", args.ones_unknown_factor),
+                ("update_interval_seconds", args.ones_update_interval),
             )
             if value is not None
         },

@@ -7,8 +7,9 @@ Two presets (``ONES_VARIANTS``; every knob is also a field):
   decision — and its stated goal, minimising predicted completion time, but changes what the
   artifact does where that goal is lost on Pollux-size jobs:
   - fitness ``"jct"``: maximise the predicted job-completion rate Σ_j 1/T_j(n_j), with
-    T_j(n) = predicted remaining work / rate on n GPUs + ``restart_weight × restart_penalty``
-    when n differs from the GPUs the job holds (a start or resize restarts it). This is SRTF
+    T_j(n) = R_j / rate on n GPUs, plus ``restart_weight × restart_penalty + restart_relative ×
+    R_j / rate`` when n differs from the GPUs the job holds (a start or resize restarts it;
+    R_j = predicted remaining work; defaults 20 × 30 s and 10%). This is SRTF
     generalised to elastic jobs: a GPU goes where it shortens a short job most, and a job is
     only moved when the gain outweighs the (weighted) restart cost — hysteresis against the
     churn that a GPU-time fitness causes (the artifact's fitness is also 0 for unallocated jobs,
@@ -86,6 +87,7 @@ ONES_VARIANTS: dict[str, dict[str, object]] = {
         "seed_greedy": False,
         "sample_prediction": True,
         "restart_weight": 1.0,
+        "restart_relative": 0.0,
     },
 }
 
@@ -139,8 +141,13 @@ class OnesPolicy:
         restart_weight: the jct fitness charges ``restart_weight × restart_penalty`` per
             change (20: a move must be worth ten minutes; chosen on seed 100, see README).
         jct_exponent: q in the jct fitness −Σ_j T_j^(−q) (1: completion rate).
+        restart_relative: the jct fitness also charges this fraction of a job's predicted
+            remaining time per change (0.1: a long job moves only for a >10% gain, which stops
+            the leftover-GPU churn of long jobs; chosen on seed 100, see README).
         prior_seconds: jct fitness, history predictor: a job of an application with no
-            finished job yet is assumed to need ``max(work done, prior_seconds on 1 GPU)``.
+            finished job yet is assumed to need ``max(unknown_factor × work done,
+            prior_seconds on 1 GPU)`` more.
+        unknown_factor: see ``prior_seconds`` (1: "half done", as the artifact's fallback).
         seed: the generator seed.
     """
 
@@ -167,8 +174,9 @@ class OnesPolicy:
     restart_penalty: float = 30.0
     restart_weight: float = 20.0
     jct_exponent: float = 1.0
-    restart_relative: float = 0.0
+    restart_relative: float = 0.1
     prior_seconds: float = 3600.0
+    unknown_factor: float = 1.0
     seed: int = 0
     name: str = "ones"
     _rng: np.random.Generator = field(init=False, repr=False)
@@ -418,7 +426,8 @@ class OnesPolicy:
             done = job.work_done
             total = mean_total.get(job.spec.application)
             if total is None:
-                out[jid] = max(done, self.prior_seconds * rates_one.get(jid, 0.0), 1e-9)
+                prior = self.prior_seconds * rates_one.get(jid, 0.0)
+                out[jid] = max(self.unknown_factor * done, prior, 1e-9)
                 continue
             if self.sample_prediction and done > 0:
                 rho = min(max(done / max(total, 1e-12), 0.01), 0.99)
@@ -471,8 +480,9 @@ class OnesPolicy:
     ) -> tuple[np.ndarray, dict[int, float]]:
         """Fitness table for ``fitness="jct"``: table[j, n] = −1 / T_j(n), 0 for n = 0.
 
-        T_j(n) = predicted remaining work / rate on n GPUs, plus ``restart_penalty`` when n
-        differs from the GPUs the job holds now (every start or resize restarts the job).
+        T_j(n) = predicted remaining work / rate on n GPUs, plus ``restart_weight ×
+        restart_penalty + restart_relative × that time`` when n differs from the GPUs the job
+        holds now (every start or resize restarts the job).
         Minimising Σ_j table[j, n_j] maximises the rate at which jobs are predicted to complete,
         which favours short jobs as SRTF does and charges every reconfiguration. Also trims each
         job's cap to the GPU count of its highest rate (more GPUs would only slow it down).
@@ -624,9 +634,9 @@ class OnesPolicy:
             for jid in time_locked:
                 scratch[jid] = now_counts[jid]
             for start in (scratch, now_counts):
-                counts = self.greedy_counts(table, caps, ids, slots, start)
+                greedy = self.greedy_counts(table, caps, ids, slots, start)
                 row = np.full(slots, -1, dtype=np.int64)
-                genes = np.repeat(np.arange(size), counts)
+                genes = np.repeat(np.arange(size), greedy)
                 row[: len(genes)] = genes
                 rows.append(row)
             seeds = np.stack(rows)
@@ -720,9 +730,10 @@ class OnesPolicy:
                 rates = self._rate_table(job, state, max_cap)
             else:
                 key = (job.job_id, max_cap, tuple(sorted(job.throughput_history.items())))
-                rates = self._table_cache.get(key)
-                if rates is None:
-                    rates = self._table_cache[key] = online_table(job.throughput_history, sizes)
+                cached = self._table_cache.get(key)
+                if cached is None:
+                    cached = self._table_cache[key] = online_table(job.throughput_history, sizes)
+                rates = cached
             if rates[1] <= 0:
                 continue
             with np.errstate(divide="ignore", invalid="ignore"):
