@@ -80,8 +80,10 @@ def make_state(gpus: int, jobs: int, seed: int = 0) -> SchedulerState:
     )
 
 
-def _samples(state: SchedulerState, generations: int, calls: int) -> list[float]:
-    policy = OnesPolicy(seed=0, generations_per_decision=generations)
+def _samples(
+    state: SchedulerState, generations: int, calls: int, variant: str = "jct"
+) -> list[float]:
+    policy = OnesPolicy.from_variant(variant, seed=0, generations_per_decision=generations)
     for _ in range(3):  # warm-up: the population exists, caches are hot
         policy.decide(state)
     samples = []
@@ -92,11 +94,11 @@ def _samples(state: SchedulerState, generations: int, calls: int) -> list[float]
     return samples
 
 
-def time_decide(gpus: int, jobs: int, calls: int) -> dict[str, float]:
+def time_decide(gpus: int, jobs: int, calls: int, variant: str = "jct") -> dict[str, float]:
     """decide() with one generation (median, p99) and the marginal cost of one generation."""
     state = make_state(gpus, jobs)
-    one = _samples(state, 1, calls)
-    eleven = _samples(state, 11, max(calls // 5, 5))
+    one = _samples(state, 1, calls, variant)
+    eleven = _samples(state, 11, max(calls // 5, 5), variant)
     return {
         "median_ms": statistics.median(one),
         "p99_ms": float(np.percentile(one, 99)),
@@ -111,10 +113,16 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args()
     metrics = []
-    for gpus, jobs, goal_ms in ((64, 256, 20.0), (1024, 1024, 1000.0)):
+    cases = [
+        (variant, gpus, jobs, goal_ms)
+        for variant in ("jct", "artifact")
+        for gpus, jobs, goal_ms in ((64, 256, 20.0), (1024, 1024, 1000.0))
+    ]
+    for variant, gpus, jobs, goal_ms in cases:
         calls = args.calls if gpus <= 256 else max(args.calls // 5, 10)
-        timing = time_decide(gpus, jobs, calls)
-        name = f"ones_decide_{gpus}gpus_{jobs}jobs"
+        timing = time_decide(gpus, jobs, calls, variant)
+        prefix = "ones" if variant == "jct" else "ones variant=artifact"
+        name = f"{prefix} decide_{gpus}gpus_{jobs}jobs"
         verdict = "met" if timing["median_ms"] <= goal_ms else "NOT met"
         print(
             f"{name}: decide() with 1 generation: median {timing['median_ms']:.2f} ms, "
