@@ -105,11 +105,17 @@ def _rank_train(rank: int, world: int, cases: list[tuple[str, str, int]]) -> dic
         owned = None
         if isinstance(optimizer, ZeroRedundancyOptimizer):
             owned = sum(p.numel() for p in optimizer.owned_params())
+        from torch.distributed.tensor import DTensor
+
+        held = sum(  # parameter elements this rank stores
+            (p.to_local() if isinstance(p, DTensor) else p).numel() for p in model.parameters()
+        )
         out[f"{mode}-{optimizer_name}-{accum}"] = {
             "losses": losses,
             "state": _full_state(model),
             "reductions": reductions[0],
             "owned": owned,
+            "held": held,
         }
     return out
 
@@ -173,6 +179,15 @@ def test_zero1_shards_the_optimizer_state(results: list[dict[str, Any]]) -> None
     owned = [r["zero1-adamw-1"]["owned"] for r in results]
     assert sum(owned) == total  # every tensor has exactly one owner
     assert max(owned) < 0.75 * total  # balanced: no rank holds (nearly) everything
+
+
+@pytest.mark.distributed
+def test_zero3_holds_one_shard_of_every_parameter(results: list[dict[str, Any]]) -> None:
+    total = CONFIG.num_params()
+    held = [r["zero3-adamw-2"]["held"] for r in results]
+    assert sum(held) == total  # dim-0 shards: together exactly the model, nothing replicated
+    assert max(held) <= total // 2 + CONFIG.dim * 4  # ~1/2 each (uneven rows of small tensors)
+    assert results[0]["ddp-adamw-1"]["held"] == total  # DDP: a full replica
 
 
 def test_bad_mode_is_a_value_error_listing_the_modes() -> None:
