@@ -34,6 +34,7 @@ LAYOUTS: list[tuple[str, dict[str, int], dict[str, Any], str, int]] = [
     ("dp2-tp2-torch1d-zero1-lamb", {"dp_shard": 2, "tp": 2},
      {"tp": "1d", "tp_backend": "torch", "dp": "zero1"}, "lamb", 4),
     ("pp2-dp2-zero3-lamb", {"dp_shard": 2, "pp": 2}, {"dp": "zero3"}, "lamb", 4),
+    ("dp2-tp2-1d-zero3-lamb", {"dp_shard": 2, "tp": 2}, {"tp": "1d", "dp": "zero3"}, "lamb", 4),
 ]  # fmt: skip
 
 

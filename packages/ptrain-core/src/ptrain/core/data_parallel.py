@@ -423,6 +423,11 @@ class LocalShardOptimizer(torch.optim.Optimizer):
     Args:
         params: parameters or param-group dicts.
         optimizer_class: ``ptrain.core.optim.LAMB`` or ``LARS`` (anything with ``group=``).
+        shard_group: when given, every tensor's norms are summed over this group instead: for
+            DTensor shards (``fully_shard``) of tensors that are themselves ``ptrain.core.tp``
+            shards, the group spanning both the dp-shard and the tp ranks (a tensor replicated
+            over part of it is counted once per copy in both norms of a trust ratio, which
+            leaves the ratio unchanged).
         **optimizer_kwargs: passed to ``optimizer_class`` (``group`` is set per param group).
     """
 
@@ -430,6 +435,7 @@ class LocalShardOptimizer(torch.optim.Optimizer):
         self,
         params: Iterable[Any],
         optimizer_class: Callable[..., torch.optim.Optimizer],
+        shard_group: dist.ProcessGroup | None = None,
         **optimizer_kwargs: Any,
     ) -> None:
         groups = list(params)
@@ -446,7 +452,7 @@ class LocalShardOptimizer(torch.optim.Optimizer):
         inner_groups = []
         self._local_of: dict[int, Tensor] = {}
         for g in outer:
-            pg = self._process_group_for(g["params"][0], g["_shard_key"])
+            pg = shard_group or self._process_group_for(g["params"][0], g["_shard_key"])
             locals_ = []
             for param in g["params"]:
                 local = _local(param).detach()

@@ -119,11 +119,10 @@ def make_optimizer(
 
     kwargs: dict[str, Any] = {"lr": settings.lr, "weight_decay": settings.weight_decay}
     if dims.tp > 1 and dp_mode == "zero3" and _all_dtensor(model):
-        raise ValueError(
-            "--optimizer lamb with --zero 3 and --tp > 1 is not supported: the trust-ratio norms "
-            "would need the tp and dp shard groups together; use --zero 1 or --optimizer adamw"
-        )
-    if dims.tp > 1 and not _all_dtensor(model):
+        # fully_shard shards of tp shards: norms summed over the dp-shard and tp ranks together
+        world = dims.world_mesh
+        kwargs["shard_group"] = world["dp_shard", "cp", "tp"]._flatten().get_group()
+    elif dims.tp > 1 and not _all_dtensor(model):
         # Sharded tensors: norms summed over the tp group. A tensor replicated over (part of)
         # the group is counted once per copy in both norms of the ratio, which leaves it equal.
         kwargs["group"] = dims.get_group("tp")
