@@ -87,7 +87,13 @@ def model_state_dict(model: nn.Module) -> dict[str, Any]:
     """The model's state dict with serial names; sharded tensors as DTensors (global shapes)."""
     if _uses_ptrain_tp(_inner(model)):
         from ptrain.core import tp
+        from ptrain.core.data_parallel import has_dtensor_params
 
+        if has_dtensor_params(_inner(model)):
+            raise ValueError(
+                "sharded checkpoints of a ptrain.core.tp model under ZeRO-3 (fully_shard) are "
+                "not supported: use ZeRO-1/DDP, or tp_backend='torch' for 1D"
+            )
         return dict(tp.dtensor_state_dict(_inner(model)))
     if not _distributed():
         return dict(_inner(model).state_dict())

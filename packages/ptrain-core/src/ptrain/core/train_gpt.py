@@ -172,6 +172,12 @@ def train_gpt(
         )
     if config.seq_len % dims.cp:
         raise ValueError(f"seq_len {config.seq_len} is not divisible by cp={dims.cp}")
+    zero3_ptrain_tp = plan.dp == "zero3" and dims.tp > 1 and plan.tp_backend == "ptrain"
+    if settings.checkpoint is not None and zero3_ptrain_tp and dims.size("dp_cp") > 1:
+        raise ValueError(
+            "--checkpoint with --zero 3 and --tp > 1 is not supported (sharded checkpoints "
+            "of ZeRO-3 x ptrain.core.tp); use --zero 1"
+        )
     dims.build_mesh("cpu" if dist.get_backend() == "gloo" else None)
     if dims.pp > 1:
         return _train_pipeline(dims, plan, settings, log)
