@@ -142,6 +142,7 @@ class HetMemEngine:
         self._gathered: dict[int, bool] = {}
         self._bound: dict[int, str] = {}
         self._unwritten: dict[str, set[str]] = {}
+        self.margin_groups = 0
         self._headroom = config.headroom_bytes
         self.params: dict[str, nn.Parameter] = dict(model.named_parameters())
         self.shapes = {name: p.shape for name, p in self.params.items()}
@@ -744,16 +745,32 @@ class HetMemEngine:
         self._end_iteration()
 
     def _adam_tier(self, grp: _Group) -> Tier:
+        """Hybrid Adam (PatrickStar's margin rule): a group's Adam runs on the fast tier when
+        its states are already there or the group is among the first ``margin_groups``; else
+        on the host."""
         if self.config.policy == "static":
             return self.host
         if grp.exp_avg.tier is self.fast:
             return self.fast
-        if self.config.hybrid_adam and not self.warmup:
-            missing = sum(c.nbytes for c in grp.chunks() if c.tier is not self.fast)
-            budget = self._chunk_budget()
-            if budget is None or self.fast.used + missing <= budget:
-                return self.fast
+        if self.config.hybrid_adam and not self.warmup and grp.param.group < self.margin_groups:
+            return self.fast
         return self.host
+
+    def _update_margin(self) -> None:
+        """After warm-up: how many chunk groups' Adam states fit next to every PARAM/GRAD chunk
+        and the traced non-model peak (``margin = capacity - peak - PARAM/GRAD bytes``)."""
+        capacity = self.fast.capacity
+        if capacity is None:
+            self.margin_groups = len(self.groups)
+            return
+        compute = sum(c.nbytes for g in self.groups for c in (g.param, g.grad) if c is not None)
+        states = sum(
+            c.nbytes
+            for c in (self.groups[0].exp_avg, self.groups[0].exp_avg_sq, self.groups[0].master)
+            if c is not None
+        )
+        margin = capacity - max(self.trace.nonmodel, default=0) - self._headroom - compute
+        self.margin_groups = max(0, margin // states)
 
     def _adam_group(self, grp: _Group) -> None:
         tier = self._adam_tier(grp)
@@ -836,6 +853,7 @@ class HetMemEngine:
         if self.warmup:
             self.trace.finalize()
             self.warmup = False
+            self._update_margin()
         self.iteration += 1
 
     # ------------------------------------------------------------------ reports
