@@ -141,6 +141,13 @@ def _add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         help="jct fitness: extra restart cost as a fraction of remaining time (variant jct: 0.1)",
     )
     ones.add_argument(
+        "--ones-start-weight",
+        type=float,
+        default=None,
+        help="jct fitness: starting a waiting job costs weight × --restart-penalty "
+        "(variant jct: 80)",
+    )
+    ones.add_argument(
         "--ones-unknown-factor",
         type=float,
         default=None,
@@ -183,6 +190,7 @@ def _ones_options(args: argparse.Namespace) -> dict[str, Any]:
                 ("restart_weight", args.ones_restart_weight),
                 ("jct_exponent", args.ones_jct_exponent),
                 ("restart_relative", args.ones_restart_relative),
+                ("start_weight", args.ones_start_weight),
                 ("unknown_factor", args.ones_unknown_factor),
                 ("update_interval_seconds", args.ones_update_interval),
             )

@@ -9,7 +9,8 @@ Two presets (``ONES_VARIANTS``; every knob is also a field):
   - fitness ``"jct"``: maximise the predicted job-completion rate Σ_j 1/T_j(n_j), with
     T_j(n) = R_j / rate on n GPUs, plus ``restart_weight × restart_penalty + restart_relative ×
     R_j / rate`` when n differs from the GPUs the job holds (a start or resize restarts it;
-    R_j = predicted remaining work; defaults 20 × 30 s and 10%). This is SRTF
+    R_j = predicted remaining work; defaults 20 × 30 s and 10%; starting a waiting job is
+    charged ``start_weight × restart_penalty``, default 80 × 30 s). This is SRTF
     generalised to elastic jobs: a GPU goes where it shortens a short job most, and a job is
     only moved when the gain outweighs the (weighted) restart cost — hysteresis against the
     churn that a GPU-time fitness causes (the artifact's fitness is also 0 for unallocated jobs,
@@ -141,6 +142,9 @@ class OnesPolicy:
         restart_weight: the jct fitness charges ``restart_weight × restart_penalty`` per
             change (20: a move must be worth ten minutes; chosen on seed 100, see README).
         jct_exponent: q in the jct fitness −Σ_j T_j^(−q) (1: completion rate).
+        start_weight: the jct fitness charges ``start_weight × restart_penalty`` for starting
+            a job that holds no GPUs (80: a waiting job displaces running ones only for a
+            large gain; chosen on seed 100, see README).
         restart_relative: the jct fitness also charges this fraction of a job's predicted
             remaining time per change (0.1: a long job moves only for a >10% gain, which stops
             the leftover-GPU churn of long jobs; chosen on seed 100, see README).
@@ -175,6 +179,7 @@ class OnesPolicy:
     restart_weight: float = 20.0
     jct_exponent: float = 1.0
     restart_relative: float = 0.1
+    start_weight: float = 80.0
     prior_seconds: float = 3600.0
     unknown_factor: float = 1.0
     seed: int = 0
@@ -231,6 +236,8 @@ class OnesPolicy:
             raise ValueError(
                 f"update_interval_seconds must be >= 0, got {self.update_interval_seconds}"
             )
+        if self.start_weight < 0:
+            raise ValueError(f"start_weight must be >= 0, got {self.start_weight}")
         if self.restart_weight < 0:
             raise ValueError(f"restart_weight must be >= 0, got {self.restart_weight}")
         if self.restart_penalty < 0:
@@ -508,7 +515,10 @@ class OnesPolicy:
             caps[jid] = best
             with np.errstate(divide="ignore"):
                 times = remaining[jid] / np.maximum(rates[1 : best + 1], 1e-300)
-            penalty = self.restart_weight * self.restart_penalty + self.restart_relative * times
+            if job.num_gpus > 0:
+                penalty = self.restart_weight * self.restart_penalty + self.restart_relative * times
+            else:  # a waiting job must start some time: charge its start at this weight
+                penalty = np.full(best, self.start_weight * self.restart_penalty)
             if 1 <= job.num_gpus <= best:
                 penalty[job.num_gpus - 1] = 0.0
             table[jid, 1 : best + 1] = -((times + penalty) ** -self.jct_exponent)
