@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -107,3 +109,37 @@ def test_jct_ones_beats_the_artifact_on_a_loaded_cluster() -> None:
     jct = simulate(specs, make_policy("ones", seed=0), cluster).summary["avg_jct"]
     artifact = simulate(specs, make_policy("ones", seed=0, variant="artifact"), cluster)
     assert jct < artifact.summary["avg_jct"]
+
+
+CSV = """name,time,application,num_replicas,batch_size
+cifar10-0,0,cifar10,2,256
+ncf-1,30,ncf,1,8192
+bert-2,60,bert,2,48
+cifar10-3,90,cifar10,4,512
+"""
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ([], {"variant": "jct"}),
+        (
+            ["--ones-variant", "artifact", "--ones-restart-weight", "5", "--no-ones-greedy-seed"],
+            {"variant": "artifact", "restart_weight": 5.0, "seed_greedy": False},
+        ),
+    ],
+)
+def test_cli_ones_variant_and_flags_keep_the_contract(tmp_path, flags, expected) -> None:
+    from ptrain.sched.cli import main
+
+    workload = tmp_path / "w.csv"
+    workload.write_text(CSV)
+    out = tmp_path / "run.json"
+    argv = ["simulate", "--workload", str(workload), "--policy", "ones", "--gpus", "8"]
+    argv += ["--gpus-per-node", "4", "--seed", "0", "--json", str(out), *flags]
+    assert main(argv) == 0
+    data = json.loads(out.read_text())
+    keys = {"policy", "avg_jct", "p99_jct", "makespan", "jobs", "decide_latency_ms_median"}
+    assert keys <= set(data) and data["policy"] == "ones" and data["jobs"] == 4
+    for key, value in expected.items():
+        assert data["config"]["ones"][key] == value

@@ -294,7 +294,12 @@ def test_online_table_mean_of_last_five_and_extrapolation() -> None:
 def test_ones_generations_are_configurable_and_sim_fast() -> None:
     specs = synthetic(30, duration=3600.0, seed=2, max_gpus=8, applications=SHORT)
     cluster = ClusterSpec(nodes=4, gpus_per_node=4)
-    one = simulate(specs, OnesPolicy(seed=0, generations_per_decision=1), cluster)
-    three = simulate(specs, OnesPolicy(seed=0, generations_per_decision=3), cluster)
+    # The artifact variant: its decide() is cheap, so the cost of generations shows.
+    one = simulate(
+        specs, OnesPolicy.from_variant("artifact", seed=0, generations_per_decision=1), cluster
+    )
+    three = simulate(
+        specs, OnesPolicy.from_variant("artifact", seed=0, generations_per_decision=3), cluster
+    )
     assert len(one.records) == len(three.records) == 30
     assert one.summary["decide_latency_ms_median"] < three.summary["decide_latency_ms_median"]
