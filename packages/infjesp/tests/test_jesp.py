@@ -210,7 +210,7 @@ def test_solve_is_deterministic_and_independent_of_workers() -> None:
         assert other.value == one.value
         assert _same(other.fscs, one.fscs)
         assert strip(other.runs) == strip(one.runs)
-    assert [r["init"] for r in one.runs] == ["periodic", "reactive", "ma", "random"]
+    assert [r["init"] for r in one.runs] == ["periodic", "trajectory", "reactive", "ma"]
     assert one.iterations == sum(r["iterations"] for r in one.runs)
     assert one.fsc_sizes == [f.num_nodes for f in one.fscs]
     assert one.value == pytest.approx(evaluate_joint(model, one.fscs).value, abs=1e-9)
@@ -350,8 +350,8 @@ def test_reactive_init_coordinate_ascent_improves_on_the_constant_policy(
 
 @needs_data
 def test_solve_default_portfolio_reaches_the_recycling_best_known_value() -> None:
-    result = solve(_load("recycling"), restarts=2, time_limit=60)
-    assert [r["init"] for r in result.runs] == ["periodic", "reactive"]
+    result = solve(_load("recycling"), restarts=3, time_limit=60)
+    assert [r["init"] for r in result.runs] == ["periodic", "trajectory", "reactive"]
     assert result.value >= 31.929 * 0.99
 
 
@@ -440,12 +440,14 @@ def test_pouct_is_not_significantly_above_the_offline_best_response() -> None:
 # ------------------------------------------------------------------ trajectory init, budgets
 @needs_data
 def test_trajectory_init_follows_the_centralised_plan_and_retries_on_surprise() -> None:
+    from infjesp.inits import trajectory_init
+
     model = _load("Mars")
-    fscs = build_init("trajectory", model, 50, np.random.default_rng(0))
+    fscs = trajectory_init(model, 50, on_surprise="stay")
     assert all(f.num_nodes <= 50 for f in fscs)
     check_fscs(model, fscs)
-    again = build_init("trajectory", model, 50, np.random.default_rng(1))
-    assert _same(fscs, again)  # deterministic, the rng is not used
+    again = trajectory_init(model, 50, on_surprise="stay")
+    assert _same(fscs, again)  # deterministic
     value = evaluate_joint(model, fscs).value
     assert value > best_constant_joint_action(model)[0] + 1.0  # Mars: 5.21 vs -2.0
     assert value <= qmdp_value(model) + 1e-9
@@ -455,6 +457,14 @@ def test_trajectory_init_follows_the_centralised_plan_and_retries_on_surprise() 
     for f in fscs:
         stays = f.transitions[f.start] == f.start
         assert stays.sum() >= f.num_observations - 1
+    # the default plays the plan open-loop: the successor ignores the observation, and the
+    # agents stay in step (Mars: worth more than retrying alone)
+    open_loop = build_init("trajectory", model, 50, np.random.default_rng(0))
+    for f in open_loop:
+        assert np.all(f.transitions == f.transitions[:, :1])
+    assert evaluate_joint(model, open_loop).value > value
+    with pytest.raises(InfJespError, match="on_surprise"):
+        trajectory_init(model, 50, on_surprise="wait")
 
 
 @needs_data

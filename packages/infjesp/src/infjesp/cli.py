@@ -325,11 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         metavar="{auto,periodic,reactive,ma,trajectory,md,ms,mdp,blind,random}",
         help="init of restart 0; auto (default): restart 0 periodic (the optimal finite-horizon "
-        "joint policy, repeated), restart 1 reactive (the best memory-one controllers), "
-        "restart 2 ma, restart 3 trajectory (the centralised plan along its most likely "
-        "trajectory); later restarts start from random FSCs",
+        "joint policy, repeated), restart 1 trajectory (the centralised plan along its most "
+        "likely trajectory, played open-loop), restart 2 reactive (the best memory-one "
+        "controllers), restart 3 ma; later restarts start from random FSCs",
     )
-    solve.add_argument("--max-nodes", type=_positive_int, default=50, help="FSC node cap (50)")
+    solve.add_argument(
+        "--max-nodes", type=_positive_int, default=100, help="FSC node cap per agent (100)"
+    )
     solve.add_argument(
         "--kicks",
         type=int,

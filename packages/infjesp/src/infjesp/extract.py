@@ -281,7 +281,7 @@ def best_response(
     fscs: Sequence[FSC],
     agent: int,
     *,
-    max_nodes: int = 50,
+    max_nodes: int = 100,
     epsilon: float = 1e-4,
     max_beliefs: int = 2000,
     time_limit: float | None = None,
@@ -290,8 +290,10 @@ def best_response(
 ) -> BestResponseResult:
     """Best response of ``agent`` to the other agents' FSCs: build, solve, extract, evaluate.
 
-    When the extracted FSC hits ``max_nodes``, a second extraction that links by α-value
-    (``link="value"``) is evaluated too, and the better of the two (exactly) is returned.
+    A second extraction that links by α-value past the cap (``link="value"``) is evaluated
+    too (the check whether the cap was hit cannot use the minimised size), the lossless policy
+    graph when it fits ``max_nodes``, else the bounded graph extractions (:func:`hybrid_fsc`)
+    when the greedy ones lost value; the best one by exact value is returned.
 
     Args:
         model: The Dec-POMDP (discount < 1).
@@ -329,7 +331,7 @@ def best_response(
     ).minimized()
     joint[agent] = fsc
     value = evaluate_value(model, joint)
-    if fsc.num_nodes >= max_nodes:  # the cap was hit: also try linking by α-value, keep the best
+    if len(result.alphas) > 1:  # also link by α-value past the cap (or merge gap), keep the best
         alt = extract_fsc(
             br, result.alphas, max_nodes=max_nodes, belief_merge_gap=belief_merge_gap, link="value"
         ).minimized()

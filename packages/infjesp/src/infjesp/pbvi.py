@@ -284,9 +284,23 @@ class _Upper:
         if self._delta is None:
             self._delta = np.minimum(0.0, np.array(self._value) - points @ self.corners)
         indptr, cols, vals = points.indptr, points.indices, points.data
-        if beliefs.shape[0] * vals.size <= _DENSE_SAWTOOTH:  # small: all points, all queries
-            phi_all = np.minimum.reduceat(beliefs[:, cols] / vals, indptr[:-1], axis=1)
-            return base + np.minimum(0.0, (phi_all * self._delta).min(axis=1))
+        # Only non-zero queries, and only points inside the union of their supports, can count.
+        rows = np.flatnonzero(np.any(beliefs > 0, axis=1))
+        if not rows.size:
+            return base
+        union = np.any(beliefs[rows] > 0, axis=0)
+        inside = np.flatnonzero(pattern @ (~union).astype(float) == 0)
+        if not inside.size:
+            return base
+        if rows.size * int((indptr[inside + 1] - indptr[inside]).sum()) <= _DENSE_SAWTOOTH:
+            lengths = indptr[inside + 1] - indptr[inside]
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            gather = np.arange(int(lengths.sum())) + np.repeat(indptr[inside] - starts, lengths)
+            ratio = beliefs[rows][:, cols[gather]] / vals[gather]
+            phi = np.minimum.reduceat(ratio, starts, axis=1)  # (rows, inside)
+            out = base.copy()
+            out[rows] += np.minimum(0.0, (phi * self._delta[inside]).min(axis=1))
+            return out
         outside = pattern @ (beliefs <= 0).T.astype(float)  # (points, Q): support misses
         out = base.copy()
         for q in range(beliefs.shape[0]):
