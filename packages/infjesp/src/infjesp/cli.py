@@ -149,12 +149,12 @@ def _run_info(args: argparse.Namespace) -> int:
 def _run_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from infjesp.fsc import evaluate_joint, read_fscs_json, simulate_joint
+    from infjesp.fsc import evaluate_value, read_fscs_json, simulate_joint
 
     model = _load(args.problem, args.discount)
     model.require_infinite_horizon()
     fscs = read_fscs_json(args.policy, model)
-    exact = evaluate_joint(model, fscs).value
+    exact = evaluate_value(model, fscs)  # exact, over the reachable (node, state) pairs
     rng = np.random.default_rng(args.seed)
     if args.simulator == "pomdp-py":
         from infjesp.fsc import simulate_joint_pomdp_py
