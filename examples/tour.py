@@ -94,6 +94,52 @@ def core_step() -> None:
     print(f"  loss fell {losses[0]:.4f} -> {losses[-1]:.4f}")
 
 
+# --------------------------------------------------------------------------- ptrain-core (parallel)
+def _core_parallel_rank(rank: int, world_size: int, steps: int) -> dict[str, list[float]]:
+    """One of 4 ranks: the debug GPT under dp2 x tp2 (1D), then under 2D tensor parallelism."""
+    from ptrain.core.dist import ParallelDims
+    from ptrain.core.train_gpt import TrainSettings, train_gpt
+
+    settings = TrainSettings(steps=steps, batch_size=8, lr=1e-2)
+    layouts = {
+        "dp2 x tp2 (1D)": (ParallelDims(dp_shard=2, tp=2, world_size=world_size), {"tp": "1d"}),
+        "tp4 (2D SUMMA)": (ParallelDims(dp_shard=1, tp=4, world_size=world_size), {"tp": "2d"}),
+    }
+    return {name: train_gpt(dims, plan, settings) for name, (dims, plan) in layouts.items()}
+
+
+def _core_single_rank(rank: int, world_size: int, steps: int) -> list[float]:
+    from ptrain.core.dist import ParallelDims
+    from ptrain.core.train_gpt import TrainSettings, train_gpt
+
+    return train_gpt(
+        ParallelDims(world_size=1), {}, TrainSettings(steps=steps, batch_size=8, lr=1e-2)
+    )
+
+
+@step("ptrain-core", "ptrain.core.parallel")
+def core_parallel_step() -> None:
+    """The debug GPT trained on 4 forked ranks under two parallel layouts vs one process."""
+    from ptrain.core.testing import run_distributed
+
+    steps = 5
+    parallel = run_distributed(_core_parallel_rank, 4, steps, timeout=120)[0]
+    single = run_distributed(_core_single_rank, 1, steps, timeout=120)[0]
+    names = list(parallel)
+    print("  step  single process  " + "  ".join(f"{name:>15}" for name in names))
+    for index in range(steps):
+        row = "  ".join(f"{parallel[name][index]:>15.5f}" for name in names)
+        print(f"  {index + 1:>4}  {single[index]:>14.5f}  {row}")
+    gap = max(abs(a - b) for name in names for a, b in zip(parallel[name], single, strict=True))
+    print(f"  max |loss difference| to single process: {gap:.1e}")
+    if gap > 1e-4:
+        raise SystemExit(
+            f"ptrain-core: parallel GPT training differs from single process ({gap:.1e})"
+        )
+    if not single[-1] < single[0]:
+        raise SystemExit(f"ptrain-core: loss did not fall ({single[0]:.4f} -> {single[-1]:.4f})")
+
+
 # --------------------------------------------------------------------------- ptrain-moe
 def _moe_pretrain_rank(rank: int, world_size: int, out_dir: str) -> dict[str, object]:
     """One rank of a MoCo v3 pre-training run with the experts split over 2 ranks."""

@@ -26,11 +26,27 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
-    from ptrain.core import bench, checkpoint, cli, comm, dist, optim, testing
+    from ptrain.core import (
+        bench,
+        checkpoint,
+        cli,
+        comm,
+        data_parallel,
+        dcp,
+        dist,
+        models,
+        optim,
+        parallel,
+        pipeline,
+        sp,
+        testing,
+        tp,
+    )
     from ptrain.core.checkpoint import Checkpointer, load_checkpoint, save_checkpoint
     from ptrain.core.comm import CommTracker
     from ptrain.core.dist import DistInfo, ParallelDims, init_distributed
     from ptrain.core.optim import LAMB, LARS
+    from ptrain.core.parallel import parallelize
     from ptrain.core.testing import run_distributed
 
 _SUBMODULES = frozenset(
@@ -95,11 +111,19 @@ __all__ = [
     "checkpoint",
     "cli",
     "comm",
+    "data_parallel",
+    "dcp",
     "dist",
     "init_distributed",
     "load_checkpoint",
+    "models",
     "optim",
+    "parallel",
+    "parallelize",
+    "pipeline",
     "run_distributed",
     "save_checkpoint",
+    "sp",
     "testing",
+    "tp",
 ]
