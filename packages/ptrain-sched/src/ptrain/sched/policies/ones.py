@@ -496,34 +496,44 @@ class OnesPolicy:
         Returns the table and each job's predicted remaining time on one GPU.
         """
         max_cap = int(caps.max())
-        rate_rows = {
-            job.job_id: self._rate_table(job, state, int(caps[job.job_id])) for job in jobs
+        rate_rows = [self._rate_table(job, state, int(caps[job.job_id])) for job in jobs]
+        rates_one = {
+            job.job_id: float(r[1]) if len(r) > 1 else 0.0
+            for job, r in zip(jobs, rate_rows, strict=True)
         }
-        rates_one = {jid: float(r[1]) if len(r) > 1 else 0.0 for jid, r in rate_rows.items()}
         remaining = self._predict_all(state, rates_one)
         table = np.zeros((size, max_cap + 1))
-        one_gpu_time = {}
-        for job in jobs:
-            jid = job.job_id
-            rates = rate_rows[jid]
-            if len(rates) < 2 or rates.max() <= 0:
-                continue
-            cap = int(caps[jid])
-            best = int(np.argmax(rates[1 : cap + 1])) + 1
-            if jid in locked and job.num_gpus < len(rates):
-                best = job.num_gpus  # it keeps its GPUs: decide() forbids other counts
-            caps[jid] = best
-            with np.errstate(divide="ignore"):
-                times = remaining[jid] / np.maximum(rates[1 : best + 1], 1e-300)
-            if job.num_gpus > 0:
-                penalty = self.restart_weight * self.restart_penalty + self.restart_relative * times
-            else:  # a waiting job must start some time: charge its start at this weight
-                penalty = np.full(best, self.start_weight * self.restart_penalty)
-            if 1 <= job.num_gpus <= best:
-                penalty[job.num_gpus - 1] = 0.0
-            table[jid, 1 : best + 1] = -((times + penalty) ** -self.jct_exponent)
-            table[jid, best + 1 :] = table[jid, best]
-            one_gpu_time[jid] = float(times[0])
+        width = max_cap + 1
+        ids = np.array([job.job_id for job in jobs], dtype=np.int64)
+        rates = np.zeros((len(jobs), width))
+        for i, row in enumerate(rate_rows):
+            rates[i, : len(row)] = row
+        lengths = np.array([len(row) for row in rate_rows])
+        valid = (lengths >= 2) & (rates.max(axis=1) > 0)
+        sizes = np.arange(width)
+        job_caps = caps[ids]
+        in_cap = (sizes[None, :] >= 1) & (sizes[None, :] <= job_caps[:, None])
+        best = np.where(in_cap, rates, -np.inf).argmax(axis=1)
+        held = np.array([job.num_gpus for job in jobs], dtype=np.int64)
+        keep = np.array([job.job_id in locked for job in jobs], dtype=bool) & (held < lengths)
+        best = np.where(keep, held, best)  # locked jobs keep their GPUs (decide() forbids more)
+        work = np.array([remaining[job.job_id] for job in jobs])
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            times = work[:, None] / np.maximum(rates[:, 1:], 1e-300)  # column k: k + 1 GPUs
+            running = held[:, None] > 0
+            penalty = np.where(
+                running,
+                self.restart_weight * self.restart_penalty + self.restart_relative * times,
+                self.start_weight * self.restart_penalty,
+            )
+            penalty[(sizes[None, 1:] == held[:, None]) & running] = 0.0
+            values = -((times + penalty) ** -self.jct_exponent)
+        # n > best counts as best (more GPUs would not help); best ≥ 1 for valid rows
+        column = np.minimum(sizes[None, 1:], np.maximum(best, 1)[:, None]) - 1
+        rows = np.take_along_axis(values, column, axis=1)
+        table[ids[valid], 1:] = rows[valid]
+        caps[ids[valid]] = best[valid]
+        one_gpu_time = {int(j): float(t) for j, t in zip(ids[valid], times[valid, 0], strict=True)}
         return table, one_gpu_time
 
     @staticmethod
@@ -547,8 +557,24 @@ class OnesPolicy:
             if gains[k] > 0:
                 heapq.heappush(heap, (-float(gains[k]), jid, k + 1))
 
-        for jid in job_ids:
-            push(jid)
+        # The first push of every job at once (the same gains as push()).
+        if free > 0 and job_ids:
+            ids = np.asarray(job_ids, dtype=np.int64)
+            width = table.shape[1]
+            now = counts[ids]
+            top = np.minimum(caps[ids], now + free)
+            steps = np.arange(1, width)
+            cols = now[:, None] + steps[None, :]
+            gains = (
+                table[ids, np.minimum(now, width - 1)][:, None]
+                - table[ids[:, None], np.minimum(cols, width - 1)]
+            ) / steps[None, :]
+            gains = np.where(cols <= top[:, None], gains, -np.inf)
+            k = gains.argmax(axis=1)
+            best = gains[np.arange(len(ids)), k]
+            for i in np.flatnonzero((top > now) & (best > 0)).tolist():
+                heap.append((-float(best[i]), int(ids[i]), int(k[i]) + 1))
+            heapq.heapify(heap)
         while heap and free > 0:
             _, jid, k = heapq.heappop(heap)
             if k > free:
