@@ -500,10 +500,8 @@ class HetMemEngine:
             chunk = self.groups[member].param
             self._allocate(chunk, self.fast)
             chunk.block.tensor.copy_(gathered[r * size : (r + 1) * size])  # type: ignore[union-attr]
-            for slot in chunk.slots:
-                if slot.state == _S.FREE:
-                    check_hold = _S.HOLD
-                    chunk.set_state(check_hold, [slot.name])
+            free = [slot.name for slot in chunk.slots if slot.state == _S.FREE]
+            chunk.set_state(_S.HOLD, free)  # a gathered remote chunk holds live values
         self._gathered[k] = True
 
     def _release_remote(self) -> None:
