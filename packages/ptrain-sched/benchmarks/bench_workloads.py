@@ -1,11 +1,14 @@
 """All policies on the Pollux 1.0x workloads 1–7 at 64 GPUs (16 nodes × 4), JSON for the README.
 
     python packages/ptrain-sched/benchmarks/bench_workloads.py [--workloads 1 2 ...]
-        [--ones-seeds 3] [--json PATH]
+        [--ones-seeds 3] [--policies tiresias,ones] [--ones-options '{"variant": "artifact"}']
+        [--rows ones] [--processes 2] [--json PATH]
 
 Every policy sees the same arrival trace. FIFO, SRTF, Tiresias, Optimus and the Pollux-style
 policy are deterministic (one run per workload); ONES is stochastic and runs ``--ones-seeds``
-seeds per workload (mean reported). Also records the simulator's events/s. Results go to
+seeds per workload (mean reported; ``ones`` is the default jct variant, ``--ones-options`` picks
+another), with per-workload ratios to Tiresias. Also records the simulator's events/s. ``--rows``
+limits the summary rows written (the detail file keeps every run). Results go to
 ``benchmarks/results/bench_workloads.json`` (per-workload detail in ``bench_workloads_detail``).
 """
 
