@@ -63,10 +63,11 @@ def test_adamw_static_policy_is_bitwise() -> None:
     )
     assert engine_steps(engine, range(3)) == torch_steps(reference, optimizer, range(3))
     assert _max_diff(engine.state_dict()["model"], reference) == 0.0
-    # ZeRO-Offload: every step streams gradients and parameters, never Adam states
-    per_iteration = engine.iteration_traffic[-1]
+    # ZeRO-Offload: every step streams gradients down and parameters up, never Adam states;
+    # parameters go down only in the first step (then the host keeps a clean copy of them)
     param_bytes = sum(g.param.nbytes for g in engine.groups)
-    assert per_iteration == 3 * param_bytes
+    assert engine.iteration_traffic[0] == 3 * param_bytes
+    assert engine.iteration_traffic[-1] == 2 * param_bytes
     engine.close()
 
 
@@ -108,7 +109,10 @@ def test_peak_never_exceeds_capacity(budget: str, policy: str) -> None:
         for tier in engine.tiers:
             if tier.capacity is not None:
                 assert tier.peak <= tier.capacity, (tier.name, tier.peak, tier.capacity)
-                assert tier.used == sum(c.nbytes for c in engine.chunks.values() if c.tier is tier)
+                # chunk payloads plus the clean copies kept below the device (charged honestly)
+                held = [c.block for c in engine.chunks.values()]
+                held += [c.shadow for c in engine.chunks.values()]
+                assert tier.used == sum(b.nbytes for b in held if b is not None and b.tier is tier)
         peaks.append((engine.fast.peak, engine.fast.capacity or 0))
 
     engine_steps(engine, range(3), check)
@@ -220,4 +224,51 @@ def test_steady_state_fits_without_traffic_when_budget_is_large() -> None:
     engine_steps(engine, range(3))
     # after warm-up everything stays on the device tier: no bytes move in steady state
     assert engine.iteration_traffic[-1] == 0
+    engine.close()
+
+
+def test_clean_chunk_evicts_free_and_written_chunk_is_written_back() -> None:
+    _, model = make_models()
+    engine = make_engine(model, device_budget=TIGHT)
+    engine_steps(engine, range(2))
+    engine.backward(engine(*batch(2)))  # gradients on the device, parameters read-only
+    clean = [c for c in engine.chunks.values() if c.tier is engine.fast and c.shadow is not None]
+    assert clean, "a PARAM chunk brought up for backward keeps its host copy"
+    chunk = clean[0]
+    values = chunk.flat().clone()
+    moved = engine.fast.bytes_out
+    engine._evict(chunk, set())
+    assert engine.fast.bytes_out == moved  # clean: no bytes leave the device
+    assert chunk.tier is engine.host and chunk.shadow is None
+    assert torch.equal(chunk.flat(), values)
+    # a written chunk (a gradient) is written back, and its host copy has the device values
+    dirty = next(
+        c for c in engine.chunks.values() if c.tier is engine.fast and c.kind.value == "grad"
+    )
+    assert dirty.shadow is None
+    values = dirty.flat().clone()
+    engine._evict(dirty, set())
+    assert engine.fast.bytes_out == moved + dirty.nbytes
+    assert torch.equal(dirty.flat(), values)
+    engine.close()
+
+
+def test_host_pressure_drops_clean_copies_and_stays_exact() -> None:
+    # a host tier too small for the clean copies: they are dropped (written back on eviction)
+    # instead of overflowing it, and training is still bitwise torch Adam
+    reference, model = make_models()
+    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-2, foreach=False)
+    engine = make_engine(
+        model,
+        device_budget=TIGHT,
+        tiers=(TierSpec(kind="cpu", capacity="1200KiB"), TierSpec(kind="disk")),
+    )
+
+    def check() -> None:
+        for tier in engine.tiers:
+            if tier.capacity is not None:
+                assert tier.peak <= tier.capacity
+
+    assert engine_steps(engine, range(4), check) == torch_steps(reference, optimizer, range(4))
+    assert _max_diff(engine.state_dict()["model"], reference) == 0.0
     engine.close()

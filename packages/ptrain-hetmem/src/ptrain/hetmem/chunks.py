@@ -210,7 +210,9 @@ class Slot:
 class Chunk:
     """A 1-D payload of ``capacity`` elements of one dtype holding the slots of one group.
 
-    ``payload is None`` means RELEASED. ``tier`` is where the payload lives.
+    ``payload is None`` means RELEASED. ``tier`` is where the payload lives. ``shadow`` is a
+    clean copy on the tier the payload came up from (kept, and charged to that tier, while the
+    fast-tier payload is unwritten), so evicting the chunk back there moves no bytes.
     """
 
     kind: ChunkType
@@ -220,6 +222,7 @@ class Chunk:
     used: int
     slots: list[Slot]
     block: Block | None = None
+    shadow: Block | None = None
     pinned_tier: str | None = None
     remote: bool = False
     last_access: int = -1

@@ -139,6 +139,7 @@ class HetMemEngine:
         self.events: list[AccessEvent] = []
         self.event_budgets: list[int] = []
         self.event_initial_fast: set[str] = set()
+        self.event_initial_clean: set[str] = set()
         self._gathered: dict[int, bool] = {}
         self._bound: dict[int, str] = {}
         self._unwritten: dict[str, set[str]] = {}
@@ -274,6 +275,7 @@ class HetMemEngine:
         """Allocates a zero payload on ``tier`` (or the first slow tier with room)."""
         if tier is None:
             for candidate in self.tiers[1:]:
+                self._drop_shadows(candidate, chunk.nbytes)
                 if candidate.can_hold(chunk.nbytes):
                     tier = candidate
                     break
@@ -373,10 +375,43 @@ class HetMemEngine:
             policy,
             lambda label: self.trace.next_use(label, self.moment),
             lambda label: self.chunks[label].last_access,
+            lambda label: self._eviction_cost(self.chunks[label]),
         )
         return [self.chunks[label] for label in labels]
 
+    def _eviction_cost(self, chunk: Chunk) -> int:
+        """Bytes an eviction of ``chunk`` moves: 0 while a clean copy waits below."""
+        return 0 if chunk.shadow is not None else chunk.nbytes
+
+    def _drop_shadows(self, tier: Tier, nbytes: int) -> None:
+        """Frees clean copies on ``tier`` (furthest next use first) until ``nbytes`` fit; their
+        chunks become dirty (written back on eviction)."""
+        if tier is self.fast or tier.can_hold(nbytes):
+            return
+        holders = [
+            c for c in self.chunks.values() if c.shadow is not None and c.shadow.tier is tier
+        ]
+        if not holders:
+            return
+        holders.sort(key=lambda c: (-self.trace.next_use(c.label, self.moment), c.label))
+        for chunk in holders:
+            if tier.can_hold(nbytes):
+                break
+            self._drop_shadow(chunk)
+
+    def _drop_shadow(self, chunk: Chunk) -> None:
+        if chunk.shadow is not None:
+            chunk.shadow.tier.release(chunk.shadow)
+            chunk.shadow = None
+
+    def _written(self, chunk: Chunk) -> None:
+        """``chunk``'s payload is about to be written: its clean copy below goes stale."""
+        self._drop_shadow(chunk)
+        if self.record_events and chunk.tier is self.fast:
+            self._event("write", chunk)
+
     def _make_room(self, tier: Tier, nbytes: int, protect: set[str]) -> None:
+        self._drop_shadows(tier, nbytes)
         while not self._fits(tier, nbytes):
             victims = self._victims(tier, protect)
             if not victims:
@@ -402,11 +437,22 @@ class HetMemEngine:
         src_block = chunk.block
         assert src_block is not None
         src = src_block.tier
+        shadow = chunk.shadow
+        if shadow is not None and shadow.tier is dst:
+            # clean: the copy below is up to date, nothing moves
+            chunk.shadow = None
+            chunk.block = shadow
+            src.release(src_block)
+            return
+        self._drop_shadow(chunk)
         self._make_room(dst, chunk.nbytes, protect | {chunk.label})
         block = dst.allocate(chunk.capacity, chunk.dtype, zero=False)
         block.tensor.copy_(src_block.tensor)
         chunk.block = block
-        src.release(src_block)
+        if dst is self.fast and src is self.host:
+            chunk.shadow = src_block  # keep the host copy while the device copy is clean
+        else:
+            src.release(src_block)
         src.bytes_out += chunk.nbytes
         dst.bytes_in += chunk.nbytes
         self.moves[f"{src.name}->{dst.name}"] += chunk.nbytes
@@ -426,6 +472,7 @@ class HetMemEngine:
         self.events.append(AccessEvent(self.moment, kind, chunk.label, chunk.nbytes))
 
     def _release(self, chunk: Chunk) -> None:
+        self._drop_shadow(chunk)
         if chunk.block is not None:
             chunk.block.tier.release(chunk.block)
             chunk.block = None
@@ -528,6 +575,7 @@ class HetMemEngine:
         names = self._unwritten.pop(chunk.label, None)
         if chunk.block is None or names is None:
             return
+        self._written(chunk)
         with torch.no_grad():
             for name in names:
                 chunk.view(name).zero_()
@@ -555,6 +603,7 @@ class HetMemEngine:
                 if grad.block is None:
                     self._allocate(grad, self.fast)
                     grad.set_state(_S.HOLD_AFTER_BWD)
+                self._written(grad)
                 grad.block.tensor.copy_(mine)  # type: ignore[union-attr]
             for r in range(self.world):
                 m = k * self.world + r
@@ -627,6 +676,7 @@ class HetMemEngine:
                 self._unwritten[grp.grad.label] = {slot.name for slot in grp.grad.slots}
             else:
                 self._ensure(grp.grad, self.fast)
+            self._written(grp.grad)
             grp.grad.set_state(_S.COMPUTE, names)
             self._note_access(grp.grad)
         self._bind(names)
@@ -646,6 +696,7 @@ class HetMemEngine:
                     grp.grad.view(name).add_(grad)
                 grp.grad.set_state(_S.HOLD_AFTER_BWD, [name])
             else:
+                self._written(grp.param)  # mixed mode: the gradient overwrites the bf16 slot
                 grp.param.view(name).copy_(grad)
         param.grad = None
         grp.param.set_state(_S.HOLD_AFTER_BWD, [name])
@@ -691,6 +742,9 @@ class HetMemEngine:
             self.events = []
             self.event_budgets = []
             self.event_initial_fast = {c.label for c in self.chunks.values() if c.tier is self.fast}
+            self.event_initial_clean = {
+                label for label in self.event_initial_fast if self.chunks[label].shadow is not None
+            }
 
     def backward(self, loss: torch.Tensor) -> None:
         """Back-propagates ``loss``; gradients land in the GRAD chunks (or over the params)."""
@@ -783,15 +837,23 @@ class HetMemEngine:
                 chunk.set_state(_S.HOLD_AFTER_BWD)
             if chunk.pinned_tier is not None and chunk.tier is not None and chunk.tier is not tier:
                 # static partition: stream a copy to the Adam tier, keep the chunk in place
-                block = tier.allocate(chunk.capacity, chunk.dtype, zero=False)
-                block.tensor.copy_(chunk.block.tensor)  # type: ignore[union-attr]
-                chunk.tier.bytes_out += chunk.nbytes
-                tier.bytes_in += chunk.nbytes
-                self.moves[f"{chunk.tier.name}->{tier.name}"] += chunk.nbytes
+                if chunk.shadow is not None and chunk.shadow.tier is tier:
+                    block = chunk.shadow  # the clean copy of last step's parameters
+                    chunk.shadow = None
+                else:
+                    self._drop_shadow(chunk)
+                    self._drop_shadows(tier, chunk.nbytes)
+                    block = tier.allocate(chunk.capacity, chunk.dtype, zero=False)
+                    block.tensor.copy_(chunk.block.tensor)  # type: ignore[union-attr]
+                    chunk.tier.bytes_out += chunk.nbytes
+                    tier.bytes_in += chunk.nbytes
+                    self.moves[f"{chunk.tier.name}->{tier.name}"] += chunk.nbytes
                 streamed.append((chunk, block))
                 work[chunk.label] = block.tensor.narrow(0, 0, chunk.used)
             else:
                 self._ensure(chunk, tier)
+                if chunk is not grad_source:
+                    self._written(chunk)
                 work[chunk.label] = chunk.flat()
             chunk.set_state(_S.COMPUTE)
             self._note_access(chunk)
@@ -808,6 +870,8 @@ class HetMemEngine:
                 tier.bytes_out += chunk.nbytes
                 self.fast.bytes_in += chunk.nbytes
                 self.moves[f"{tier.name}->{chunk.tier.name}"] += chunk.nbytes  # type: ignore[union-attr]
+                chunk.shadow = block  # equal to the device copy: clean until written
+                continue
             tier.release(block)
         for chunk in grp.chunks():
             chunk.set_state(_S.HOLD)
@@ -857,7 +921,9 @@ class HetMemEngine:
     # ------------------------------------------------------------------ reports
     def belady_bytes(self) -> int:
         """Offline Belady traffic for the last recorded iteration (``record_events=True``)."""
-        return belady_traffic(self.events, self.event_budgets, self.event_initial_fast)
+        return belady_traffic(
+            self.events, self.event_budgets, self.event_initial_fast, self.event_initial_clean
+        )
 
     def memory_report(self) -> dict[str, Any]:
         """Per tier: capacity, peak, bytes in/out; plus moves and chunk facts."""
@@ -953,6 +1019,7 @@ class HetMemEngine:
                             chunk, self.host if chunk.pinned_tier != self.fast.name else self.fast
                         )
                         chunk.set_state(_S.HOLD)
+                    self._written(chunk)
                     chunk.view(name).copy_(tensor)
 
     def save(self, path: str | os.PathLike[str], step: int | None = None) -> None:

@@ -2,7 +2,9 @@
 
 ``belady_traffic`` replays a recorded steady-state event list on the fast tier with the same
 per-moment chunk budget the engine had, evicting the chunk whose next fast-tier use is furthest
-away; it counts bytes moved in and out (allocation of a released chunk and a release are free).
+away (ties: a clean one first); it counts bytes moved in and out with the engine's cost model:
+allocation of a released chunk and a release are free, and so is evicting a *clean* chunk (one
+brought in from the slower tier and not written since, whose copy there is still valid).
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ def order_victims(
     policy: str,
     next_use: Callable[[str], int],
     last_access: Callable[[str], int],
+    cost: Callable[[str], int] | None = None,
 ) -> list[str]:
-    """Candidates in eviction order: OPT = furthest next use first (ties: label order), LRU =
-    least recently accessed first."""
+    """Candidates in eviction order: OPT = furthest next use first (ties: the cheaper eviction
+    by ``cost``, then label order), LRU = least recently accessed first."""
     if policy == "opt":
-        return sorted(candidates, key=lambda c: (-next_use(c), c))
+        price = cost or (lambda _c: 0)
+        return sorted(candidates, key=lambda c: (-next_use(c), price(c), c))
     return sorted(candidates, key=lambda c: (last_access(c), c))
 
 
@@ -31,7 +35,8 @@ class AccessEvent:
     """One event of a recorded iteration.
 
     ``kind``: ``"fast"`` (the chunk must be on the fast tier), ``"slow"`` (it must be off it),
-    ``"alloc"`` (a released chunk is created on the fast tier), ``"release"`` (payload freed).
+    ``"alloc"`` (a released chunk is created on the fast tier), ``"release"`` (payload freed),
+    ``"write"`` (the fast-tier payload is written: its copy below goes stale).
     """
 
     moment: int
@@ -44,6 +49,7 @@ def belady_traffic(
     events: Sequence[AccessEvent],
     budgets: Sequence[int],
     initial_fast: set[str],
+    initial_clean: set[str] | None = None,
     cycles: int = 3,
 ) -> int:
     """Bytes moved between the fast tier and the next one in the last of ``cycles`` replays of
@@ -53,6 +59,7 @@ def belady_traffic(
         events: one iteration's events in order; moments index ``budgets``.
         budgets: chunk bytes the fast tier may hold at each moment.
         initial_fast: labels on the fast tier when the first replay starts.
+        initial_clean: those of them whose copy below is valid (default: none).
         cycles: replays; the traffic of the last one is returned.
     """
     sizes = {e.label: e.nbytes for e in events}
@@ -70,7 +77,12 @@ def belady_traffic(
         return n + uses[0] if uses else 3 * n
 
     fast = set(initial_fast)
+    clean = set(initial_clean or ()) & fast
     released: set[str] = set()
+
+    def out_cost(label: str) -> int:
+        return 0 if label in clean else sizes[label]
+
     traffic = 0
     for _cycle in range(cycles):
         traffic = 0
@@ -82,16 +94,22 @@ def belady_traffic(
                 in_moment = set()
             if e.kind == "release":
                 fast.discard(e.label)
+                clean.discard(e.label)
                 released.add(e.label)
+                continue
+            if e.kind == "write":
+                clean.discard(e.label)
                 continue
             if e.kind == "slow":
                 if e.label in fast:
                     fast.discard(e.label)
-                    traffic += e.nbytes
+                    traffic += out_cost(e.label)
+                    clean.discard(e.label)
                 continue
             if e.label not in fast:
                 if e.label not in released and e.kind != "alloc":
                     traffic += e.nbytes
+                    clean.add(e.label)
                 released.discard(e.label)
                 fast.add(e.label)
             in_moment.add(e.label)
@@ -99,12 +117,14 @@ def belady_traffic(
             used = sum(sizes[c] for c in fast)
             if used > budget:
                 victims = sorted(
-                    (c for c in fast if c not in in_moment), key=lambda c: -next_fast(c, i)
+                    (c for c in fast if c not in in_moment),
+                    key=lambda c: (-next_fast(c, i), out_cost(c), c),
                 )
                 for victim in victims:
                     if used <= budget:
                         break
                     fast.discard(victim)
                     used -= sizes[victim]
-                    traffic += sizes[victim]
+                    traffic += out_cost(victim)
+                    clean.discard(victim)
     return traffic
