@@ -50,6 +50,7 @@ Example (per rank)::
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -412,33 +413,32 @@ def ulysses_attention(
 
 
 # --------------------------------------------------------------------------- modules
-class RingAttention(nn.Module):
+class _SequenceParallelAttention(nn.Module):
+    """A sequence-parallel attention kernel as a module: a drop-in ``gpt.Attention.core``."""
+
+    kernel: Callable[..., torch.Tensor]
+
+    def __init__(
+        self, group: GroupLike = None, causal: bool = True, layout: SequenceLayout = "contiguous"
+    ) -> None:
+        super().__init__()
+        self.group = group
+        self.causal = causal
+        self.layout: SequenceLayout = layout
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``(B, H, L, D)`` × 3 → ``(B, H, L, D)``."""
+        kernel = type(self).kernel
+        return kernel(q, k, v, self.group, causal=self.causal, layout=self.layout)
+
+
+class RingAttention(_SequenceParallelAttention):
     """``ring_attention`` as a module: a drop-in ``gpt.Attention.core`` for sequence shards."""
 
-    def __init__(
-        self, group: GroupLike = None, causal: bool = True, layout: SequenceLayout = "contiguous"
-    ) -> None:
-        super().__init__()
-        self.group = group
-        self.causal = causal
-        self.layout: SequenceLayout = layout
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``(B, H, L, D)`` × 3 → ``(B, H, L, D)``."""
-        return ring_attention(q, k, v, self.group, causal=self.causal, layout=self.layout)
+    kernel = staticmethod(ring_attention)
 
 
-class UlyssesAttention(nn.Module):
+class UlyssesAttention(_SequenceParallelAttention):
     """``ulysses_attention`` as a module: a drop-in ``gpt.Attention.core`` for sequence shards."""
 
-    def __init__(
-        self, group: GroupLike = None, causal: bool = True, layout: SequenceLayout = "contiguous"
-    ) -> None:
-        super().__init__()
-        self.group = group
-        self.causal = causal
-        self.layout: SequenceLayout = layout
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``(B, H, L, D)`` × 3 → ``(B, H, L, D)``."""
-        return ulysses_attention(q, k, v, self.group, causal=self.causal, layout=self.layout)
+    kernel = staticmethod(ulysses_attention)

@@ -226,24 +226,21 @@ def apply_tp(module: nn.Module, mode: str, groups: TPGroups, *, device: Any = No
                 f"{mode} tensor parallel: n_heads ({config.n_heads}) is not divisible by the "
                 f"hidden split ({split_count})"
             )
-        old = module.tok_emb
-        module.tok_emb = VocabEmbedding(
-            old.num_embeddings,
-            old.embedding_dim,
-            groups=groups,
-            device=_target_device(old.weight, device),
-            dtype=old.weight.dtype,
+        embeddings: tuple[tuple[str, type[VocabEmbedding | PositionEmbedding]], ...] = (
+            ("tok_emb", VocabEmbedding),
+            ("pos_emb", PositionEmbedding),
         )
-        _copy_in(module.tok_emb, old)
-        old = module.pos_emb
-        module.pos_emb = PositionEmbedding(
-            old.num_embeddings,
-            old.embedding_dim,
-            groups=groups,
-            device=_target_device(old.weight, device),
-            dtype=old.weight.dtype,
-        )
-        _copy_in(module.pos_emb, old)
+        for name, kind in embeddings:
+            old = getattr(module, name)
+            new = kind(
+                old.num_embeddings,
+                old.embedding_dim,
+                groups=groups,
+                device=_target_device(old.weight, device),
+                dtype=old.weight.dtype,
+            )
+            setattr(module, name, new)
+            _copy_in(new, old)
         for block in module.blocks:
             _convert_block(block, groups, device)
         module.norm = _layer_norm(module.norm, groups, device)

@@ -417,7 +417,24 @@ class LayerNormTP(nn.LayerNorm, TPModule):
 
 
 # --------------------------------------------------------------------------- embeddings
-class VocabEmbedding(nn.Embedding, TPModule):
+class _TPEmbedding(nn.Embedding, TPModule):
+    """What the TP embeddings share: ``nn.Embedding``'s attributes without its full weight."""
+
+    def _init_embedding(self, num_embeddings: int, embedding_dim: int, groups: TPGroups) -> None:
+        nn.Module.__init__(self)
+        self._init_tp(groups)
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.padding_idx = None
+        self.max_norm = None
+        self.norm_type = 2.0
+        self.scale_grad_by_freq = False
+        self.sparse = False
+
+    def reset_parameters(self) -> None:  # values come from init_weights / a state dict
+        return None
+
+
+class VocabEmbedding(_TPEmbedding):
     """Token embedding taking the full ``[b, s]`` token ids, returning the block layout ``a``.
 
     1D: vocab rows split over the tp group, partial lookups all-reduced (replicated output).
@@ -435,14 +452,7 @@ class VocabEmbedding(nn.Embedding, TPModule):
         device: Any = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        nn.Module.__init__(self)
-        self._init_tp(groups)
-        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.padding_idx = None
-        self.max_norm = None
-        self.norm_type = 2.0
-        self.scale_grad_by_freq = False
-        self.sparse = False
+        self._init_embedding(num_embeddings, embedding_dim, groups)
         mode, q = groups.mode, groups.q
         placements: tuple[Placement, ...]
         if mode == "1d":
@@ -459,9 +469,6 @@ class VocabEmbedding(nn.Embedding, TPModule):
             _divisible("VocabEmbedding", "embedding_dim", embedding_dim, q, "3D: q")
             placements = (Shard(1), Shard(0), Shard(0))
         self._shard_param("weight", (num_embeddings, embedding_dim), placements, device, dtype)
-
-    def reset_parameters(self) -> None:
-        return None
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         g = self.groups
@@ -496,7 +503,7 @@ class VocabEmbedding(nn.Embedding, TPModule):
         return out
 
 
-class PositionEmbedding(nn.Embedding, TPModule):
+class PositionEmbedding(_TPEmbedding):
     """Learned position embedding returning ``[..., hidden chunk]`` of the block layout ``a``.
 
     Positions are shared by every batch chunk, so the rows are sharded over the batch-split
@@ -513,14 +520,7 @@ class PositionEmbedding(nn.Embedding, TPModule):
         device: Any = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        nn.Module.__init__(self)
-        self._init_tp(groups)
-        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.padding_idx = None
-        self.max_norm = None
-        self.norm_type = 2.0
-        self.scale_grad_by_freq = False
-        self.sparse = False
+        self._init_embedding(num_embeddings, embedding_dim, groups)
         mode, q = groups.mode, groups.q
         placements: tuple[Placement, ...]
         if mode == "1d":
@@ -537,9 +537,6 @@ class PositionEmbedding(nn.Embedding, TPModule):
                 _divisible("PositionEmbedding", "num_embeddings", num_embeddings, q * q, "3D: q²")
                 placements = (Shard(1), Shard(0), Shard(0))
         self._shard_param("weight", (num_embeddings, embedding_dim), placements, device, dtype)
-
-    def reset_parameters(self) -> None:
-        return None
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         g = self.groups
