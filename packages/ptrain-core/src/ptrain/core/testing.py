@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import gc
 import io
 import multiprocessing as mp
 import os
@@ -111,6 +112,10 @@ def _child_main(
     results: Any,
     timeout: float,
 ) -> None:
+    # Objects inherited from the parent (process groups, thread pools of earlier jobs) must never
+    # be finalised here: their destructors take locks held by parent threads that do not exist in
+    # a forked child, and a garbage collection running them hangs the rank.
+    gc.freeze()
     torch.set_num_threads(1)
     stack_path = os.path.join(rendezvous_dir, f"stack-{rank}.txt")
     stack_file = open(stack_path, "w")  # noqa: SIM115 - must stay open for faulthandler
@@ -188,6 +193,7 @@ def run_distributed(
             f"PTRAIN_START_METHOD must be fork, spawn or forkserver, got {start_method!r}"
         )
     _preimport_distributed_modules()
+    gc.collect()  # finalise the parent's garbage here, not in the forked children
     context: Any = mp.get_context(start_method)
     rendezvous_dir = tempfile.mkdtemp(prefix="ptrain-rdzv-")
     results = context.Queue()
