@@ -323,11 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument(
         "--init",
         default="auto",
-        metavar="{auto,periodic,reactive,ma,trajectory,md,ms,mdp,blind,random}",
+        metavar="{auto,periodic,resync,reactive,ma,trajectory,md,ms,mdp,blind,random}",
         help="init of restart 0; auto (default): restart 0 periodic (the optimal finite-horizon "
-        "joint policy, repeated), restart 1 trajectory (the centralised plan along its most "
-        "likely trajectory, played open-loop), restart 2 reactive (the best memory-one "
-        "controllers), restart 3 ma; later restarts start from random FSCs",
+        "joint policy, repeated), restart 1 resync (the centralised plan along its most likely "
+        "trajectory, retrying a step or resynchronising on unexpected observations), restart 2 "
+        "reactive (the best memory-one controllers), restart 3 ma, restart 4 trajectory (the "
+        "same plan played open-loop); later restarts start from random FSCs",
     )
     solve.add_argument(
         "--max-nodes", type=_positive_int, default=100, help="FSC node cap per agent (100)"

@@ -10,6 +10,7 @@ back to the node itself; unreachable nodes are pruned.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -24,6 +25,10 @@ from infjesp.pbvi import AlphaVectors, SolveResult, solve
 
 # Most policy-graph nodes policy_graph_fsc walks before giving up (before minimisation).
 _GRAPH_NODE_LIMIT = 5_000
+# best_response(time_limit=L) gives the point-based solver L minus this reserve for the first
+# extraction and its exact evaluation: min(fraction · L, cap) seconds.
+EXTRACTION_RESERVE_FRACTION = 0.1
+EXTRACTION_RESERVE_MAX_S = 10.0
 
 __all__ = ["BestResponseResult", "best_response", "extract_fsc"]
 
@@ -302,7 +307,11 @@ def best_response(
         max_nodes: Node cap of the extracted FSC.
         epsilon: Solver target gap at b0.
         max_beliefs: Solver belief budget.
-        time_limit: Solver wall-clock budget in seconds.
+        time_limit: Wall-clock budget in seconds for the whole call. The solver gets it minus
+            a reserve for extraction (``min(EXTRACTION_RESERVE_FRACTION · time_limit,
+            EXTRACTION_RESERVE_MAX_S)``); the first (greedy) extraction and its exact
+            evaluation always run, the alternative extractions only while time is left. The
+            call can still overrun by the solver's last backup sweep and that first extraction.
         rng: Passed to the solver (which is deterministic).
         belief_merge_gap: See :func:`extract_fsc`.
 
@@ -313,13 +322,23 @@ def best_response(
         InfJespError: When the discount is >= 1.
     """
     started = time.perf_counter()
+    deadline = math.inf if time_limit is None else started + max(0.0, float(time_limit))
+
+    def time_left() -> bool:
+        return time.perf_counter() < deadline
+
     br = build_best_response(model, fscs, agent)
     _, initial = seeded_alphas(model, br, fscs)
+    solver_limit = None
+    if time_limit is not None:
+        limit = max(0.0, float(time_limit))
+        reserve = min(EXTRACTION_RESERVE_FRACTION * limit, EXTRACTION_RESERVE_MAX_S)
+        solver_limit = max(0.0, deadline - reserve - time.perf_counter())
     result = solve(
         br,
         epsilon=epsilon,
         max_beliefs=max_beliefs,
-        time_limit=time_limit,
+        time_limit=solver_limit,
         rng=rng,
         initial=initial,
     )
@@ -331,7 +350,7 @@ def best_response(
     ).minimized()
     joint[agent] = fsc
     value = evaluate_value(model, joint)
-    if len(result.alphas) > 1:  # also link by α-value past the cap (or merge gap), keep the best
+    if len(result.alphas) > 1 and time_left():  # also link by α-value past the cap, keep the best
         alt = extract_fsc(
             br, result.alphas, max_nodes=max_nodes, belief_merge_gap=belief_merge_gap, link="value"
         ).minimized()
@@ -339,16 +358,18 @@ def best_response(
         alt_value = evaluate_value(model, joint)
         if alt_value > value:
             fsc, value = alt, alt_value
-    graph_fsc = policy_graph_fsc(br, result, max_nodes)
+    graph_fsc = policy_graph_fsc(br, result, max_nodes) if time_left() else None
     if graph_fsc is not None:  # lossless: worth at least the lower bound at b0
         joint[agent] = graph_fsc
         graph_value = evaluate_value(model, joint)
         if graph_value > value:
             fsc, value = graph_fsc, graph_value
-    elif value < result.lower - 1e-9 * max(1.0, abs(result.lower)):
+    elif time_left() and value < result.lower - 1e-9 * max(1.0, abs(result.lower)):
         # The whole graph does not fit and the greedy extraction lost value: keep the graph
         # near b0 (lossless there) and go greedy past a cut; the exact values decide.
         for graph_nodes in sorted({max_nodes // 2, (3 * max_nodes) // 4, max_nodes - 1}):
+            if not time_left():
+                break
             hybrid = hybrid_fsc(br, result, graph_nodes, max_nodes)
             if hybrid is None:
                 continue

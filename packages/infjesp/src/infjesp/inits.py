@@ -88,7 +88,7 @@ __all__ = [
 ]
 
 INITS = frozenset(
-    {"random", "blind", "mdp", "ma", "md", "ms", "periodic", "reactive", "trajectory"}
+    {"random", "blind", "mdp", "ma", "md", "ms", "periodic", "reactive", "trajectory", "resync"}
 )
 
 # The periodic init's search limits: horizon and the number of trees enumerated.
@@ -101,6 +101,9 @@ _REACTIVE_MAX_SWEEPS = 20
 # Above this many entries of the dense (JA, JO, S, S') tensor, "pbvi" falls back to QMDP.
 _PBVI_MAX_ENTRIES = 2_000_000
 MPOMDP_VALUES = ("pbvi", "qmdp")
+
+# What trajectory_init's controllers do on an unexpected observation.
+_ON_SURPRISE = ("advance", "stay", "resync")
 
 # Successor modes of the belief-exploration builder.
 _ONE_SIDED, _MOST_LIKELY, _SAMPLED = "one-sided", "most-likely", "sampled"
@@ -523,17 +526,21 @@ def trajectory_init(
     Raises:
         InfJespError: On an unknown ``on_surprise``.
     """
-    if on_surprise not in ("advance", "stay"):
-        raise InfJespError(f"on_surprise must be 'advance' or 'stay', got {on_surprise!r}")
+    if on_surprise not in _ON_SURPRISE:
+        raise InfJespError(
+            f"on_surprise must be one of {', '.join(map(repr, _ON_SURPRISE))}, got {on_surprise!r}"
+        )
     max_nodes = _check_max_nodes(max_nodes)
     T = np.asarray(model.T, dtype=float)  # (JA, S, S')
     O = np.asarray(model.O, dtype=float)  # noqa: E741  (JA, S', JO)
     Q = mdp_q_values(model)  # (S, JA)
+    table = model.joint_action_table()  # (JA, N)
+    robust_ties = on_surprise == "resync"
     belief = np.asarray(model.b0, dtype=float)
     beliefs = [belief]
     plan: list[tuple[int, int, int]] = []  # (joint action, joint observation, next step)
     while True:
-        ja = int(np.argmax(belief @ Q))
+        ja = _robust_argmax(belief @ Q, table) if robust_ties else int(np.argmax(belief @ Q))
         joint_SJ = (belief @ T[ja])[:, None] * O[ja]  # (S', JO)
         jo = int(np.argmax(joint_SJ.sum(axis=0)))
         following = joint_SJ[:, jo] / joint_SJ[:, jo].sum()
@@ -556,8 +563,56 @@ def trajectory_init(
         if on_surprise == "advance":
             expected[:] = True
         transitions = np.where(expected, following_T[:, None], steps[:, None])
+        if on_surprise == "resync":
+            transitions = _resync_transitions(transitions, expected_T[:, i], following_T, Z)
         fscs.append(FSC(actions_T[:, i].copy(), transitions, 0).minimized())
     return fscs
+
+
+def _robust_argmax(q: np.ndarray, table: np.ndarray) -> int:
+    """``argmax q`` over joint actions, ties broken toward robust components.
+
+    Among the joint actions within ``1e-9·max(1, |max q|)`` of the best, pick the one whose
+    components do best on average against every choice of the other agents (the sum over
+    agents i of the mean of ``q`` over the joint actions that share a_i); then the lowest index.
+    On Mars both "sample" and "drill" at a sample site are centrally optimal when the other
+    rover samples too, but only "sample" is safe when it does not.
+    """
+    best = float(q.max())
+    tied = np.flatnonzero(q >= best - 1e-9 * max(1.0, abs(best)))
+    if tied.size == 1:
+        return int(tied[0])
+    score = np.zeros(tied.size)
+    for i in range(table.shape[1]):
+        component = table[:, i]
+        means = np.bincount(component, weights=q) / np.bincount(component)
+        score += means[component[tied]]
+    return int(tied[int(np.argmax(score))])
+
+
+def _resync_transitions(
+    transitions: np.ndarray, expected: np.ndarray, following: np.ndarray, num_observations: int
+) -> np.ndarray:
+    """``on_surprise="resync"``: redirect every unexpected observation of a plan step.
+
+    Step u is *entered* on observation z when some step t expects z and moves to u
+    (``following[t] == u``). On an unexpected z, step t stays when z enters t itself (the step
+    did not take effect, e.g. a failed move: retry it), else it moves to the first step at or
+    after t, cyclically, that z enters (e.g. the observation that starts the plan over), else
+    it stays.
+    """
+    steps = transitions.shape[0]
+    enters = np.zeros((steps, num_observations), dtype=bool)  # enters[u, z]
+    enters[following, expected] = True
+    result = transitions.copy()
+    for t in range(steps):
+        for z in range(num_observations):
+            if z == expected[t]:
+                continue
+            order = (t + np.arange(steps)) % steps  # t first, then forward, wrapping around
+            hits = order[enters[order, z]]
+            result[t, z] = int(hits[0]) if hits.size else t
+    return result
 
 
 def build_init(name: str, model: DecPOMDP, max_nodes: int, rng: np.random.Generator) -> list[FSC]:
@@ -584,4 +639,6 @@ def build_init(name: str, model: DecPOMDP, max_nodes: int, rng: np.random.Genera
         return reactive_init(model, max_nodes)
     if name == "trajectory":
         return trajectory_init(model, max_nodes)
+    if name == "resync":
+        return trajectory_init(model, max_nodes, on_surprise="resync")
     raise InfJespError(f"unknown init {name!r}; expected one of {', '.join(sorted(INITS))}")

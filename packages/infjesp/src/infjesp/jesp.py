@@ -8,8 +8,8 @@ solver-ε Nash equilibrium), after ``max_iterations`` best responses, or when th
 (anytime: the best joint FSC so far is returned).
 
 :func:`solve` runs ``restarts`` independent JESP runs and keeps the best. Restart 0 starts from
-the chosen init; by default (``"auto"``) restarts 0, 1, 2 and 3 start from the ``periodic``,
-``trajectory``, ``reactive`` and ``ma`` inits. The others start from random inits with at most
+the chosen init; by default (``"auto"``) restarts 0-4 start from the ``periodic``, ``resync``,
+``reactive``, ``ma`` and ``trajectory`` inits. The others start from random inits with at most
 ``min(max_nodes, 5)`` nodes per agent (MC-JESP's ``--initRand`` default; large random
 controllers only make the first best responses slower). Restart ``r`` draws its randomness from
 ``numpy.random.default_rng([seed, r])``, so results do not depend on ``workers``.
@@ -17,9 +17,11 @@ controllers only make the first best responses slower). Restart ``r`` draws its 
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import math
 import multiprocessing
+import queue
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -30,7 +32,7 @@ import numpy as np
 
 from infjesp.errors import InfJespError
 from infjesp.fsc import FSC, check_fscs, evaluate_value
-from infjesp.inits import INITS, blind_init, build_init, perturb_fsc, random_init
+from infjesp.inits import INITS, build_init, perturb_fsc, random_init
 from infjesp.model import DecPOMDP, best_constant_joint_action, qmdp_value
 
 __all__ = [
@@ -47,9 +49,12 @@ DEFAULT_MAX_NODES = 100
 # Node cap of the random inits of restarts >= 1 (MC-JESP's `--initRand` default).
 RANDOM_RESTART_NODES = 5
 # init="auto": restart r < len(AUTO_INITS) starts from AUTO_INITS[r], later ones from random FSCs.
-AUTO_INITS = ("periodic", "trajectory", "reactive", "ma")
+AUTO_INITS = ("periodic", "resync", "reactive", "ma", "trajectory")
 # Perturbation rounds per run after JESP converges (solve's ``kicks``).
 DEFAULT_KICKS = 0
+# solve(time_limit=L, workers>=2) returns by L + this many seconds: runs still going are stopped
+# and represented by the best joint FSC they reported.
+TIME_LIMIT_SLACK_S = 2.0
 # Most candidate controllers exhaustive_best_response enumerates.
 _EXHAUSTIVE_LIMIT = 100_000
 
@@ -66,6 +71,7 @@ class BestResponseLike(Protocol):
 
 BestResponseFn = Callable[..., BestResponseLike]
 ProgressFn = Callable[[dict[str, Any]], None]
+AcceptFn = Callable[[list[FSC], float, int], None]
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,8 @@ class SolveResult:
         iterations: Best responses computed over all runs.
         time_s: Wall-clock seconds.
         runs: One summary dict per restart (``restart``, ``init``, ``initial_value``, ``value``,
-            ``iterations``, ``converged``, ``fsc_sizes``, ``time_s``, ``skipped``).
+            ``iterations``, ``converged``, ``fsc_sizes``, ``time_s``, ``skipped``, ``stopped``:
+            True for a run cut off by the hard stop, whose last reported incumbent is used).
         source: ``"restart <r>"`` or ``"blind"`` (the best constant joint action, returned when
             every run ended below it or none ran).
     """
@@ -177,6 +184,7 @@ def jesp(
     on_progress: ProgressFn | None = None,
     br_options: dict[str, Any] | None = None,
     first_agent: int = 0,
+    on_accept: AcceptFn | None = None,
 ) -> JespRun:
     """Round-robin best responses from ``init_fscs`` until a fixed point (design §2.5).
 
@@ -195,6 +203,8 @@ def jesp(
             "candidate", "accepted"}`` (``value`` is V* after the step).
         br_options: Extra keyword arguments for ``best_response`` (e.g. ``max_nodes``).
         first_agent: The agent whose best response comes first.
+        on_accept: Called as ``on_accept(fscs, value, iterations)`` with the initial joint FSC
+            and after every accepted best response (the anytime incumbent).
 
     Returns:
         The best joint FSC found, its exact value and the value history.
@@ -220,6 +230,8 @@ def jesp(
     value = evaluate_value(model, fscs)
     history = [value]
     iterations = nonimproving = 0
+    if on_accept is not None:
+        on_accept(list(fscs), value, 0)
     if not 0 <= first_agent < num_agents:
         raise InfJespError(f"first_agent must lie in [0, {num_agents}), got {first_agent!r}")
     agent = (first_agent - 1) % num_agents
@@ -244,6 +256,8 @@ def jesp(
             fscs[agent] = result.fsc
             value = candidate
             nonimproving = 0
+            if on_accept is not None:
+                on_accept(list(fscs), value, iterations)
         else:
             nonimproving += 1
         history.append(value)
@@ -285,6 +299,110 @@ def _run_deadline(
     return min(deadline, start + (deadline - start) * slots / waiting)
 
 
+# solve()'s hard stop: worker processes put their anytime incumbents on this queue (set by the
+# pool initializer; None in the calling process).
+_REPORTS: Any = None
+
+
+def _init_worker(reports: Any) -> None:
+    global _REPORTS
+    _REPORTS = reports
+    # A worker killed at the hard stop must not wait for its queue's feeder thread.
+    reports.cancel_join_thread()
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate the pool's worker processes (used at the hard stop only)."""
+    terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
+    if terminate is not None:
+        terminate()
+        return
+    for process in list(getattr(pool, "_processes", {}).values()):
+        process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _run_pool(
+    arguments: list[tuple[Any, ...]],
+    workers: int,
+    deadline: float | None,
+    while_waiting: Callable[[], None] | None = None,
+) -> list[tuple[dict[str, Any], list[FSC] | None]]:
+    """Run the restarts in ``workers`` processes, returning by ``deadline + TIME_LIMIT_SLACK_S``.
+
+    ``while_waiting`` runs in this process once the runs are submitted.
+
+    Runs still going then are stopped and represented by the last incumbent they reported
+    (``stopped=True`` in their summary); runs that never started are ``skipped``.
+    """
+    context = multiprocessing.get_context("spawn")
+    reports = context.Queue()
+    latest: dict[int, tuple[Any, ...]] = {}
+
+    def drain() -> None:
+        while True:
+            try:
+                item = reports.get_nowait()
+            except queue.Empty:
+                return
+            if item[0] not in latest or item[2] > latest[item[0]][2]:
+                latest[item[0]] = item
+
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(reports,)
+    )
+    stop = None if deadline is None else deadline + TIME_LIMIT_SLACK_S
+    pending: set[Any] = set()
+    try:
+        futures = [pool.submit(_run_restart, *a) for a in arguments]
+        pending = set(futures)
+        if while_waiting is not None:
+            while_waiting()
+        while pending:
+            timeout = 0.5 if stop is None else min(0.5, stop - time.monotonic())
+            if timeout <= 0:
+                break
+            _, pending = concurrent.futures.wait(pending, timeout=timeout)
+            drain()
+        if pending:
+            for future in pending:
+                future.cancel()
+            _stop_workers(pool)
+        else:
+            pool.shutdown(wait=True)
+        drain()
+    except BaseException:
+        _stop_workers(pool)
+        raise
+    outcomes: list[tuple[dict[str, Any], list[FSC] | None]] = []
+    now = time.monotonic()
+    for r, future in enumerate(futures):
+        if future not in pending:
+            outcomes.append(future.result())
+            continue
+        restart, init = arguments[r][1], arguments[r][2]
+        item = latest.get(restart)
+        if item is None:  # never started (or stopped before its init was evaluated)
+            summary = {"restart": restart, "init": _restart_init(init, restart)}
+            summary.update(skipped=True, stopped=True, iterations=0, time_s=0.0)
+            outcomes.append((summary, None))
+            continue
+        _, init_name, value, fscs, iterations, started = item
+        summary = {
+            "restart": restart,
+            "init": init_name,
+            "skipped": False,
+            "stopped": True,
+            "value": value,
+            "iterations": iterations,
+            "converged": False,
+            "fsc_sizes": [f.num_nodes for f in fscs],
+            "time_s": now - started,
+        }
+        outcomes.append((summary, fscs))
+    return outcomes
+
+
 def _run_restart(
     model: DecPOMDP,
     restart: int,
@@ -321,6 +439,17 @@ def _run_restart(
 
     options = dict(jesp_options)
     kicks = int(options.pop("kicks", 0))
+    reports = _REPORTS
+    done_iterations = 0  # best responses of the finished JESP calls of this run
+    incumbent = -math.inf
+
+    def report(fscs: list[FSC], value: float, iterations: int) -> None:
+        # The anytime incumbent, for solve()'s hard stop (worker processes only).
+        nonlocal incumbent
+        if reports is not None and value > incumbent:
+            incumbent = value
+            reports.put((restart, init_name, value, fscs, done_iterations + iterations, start))
+
     run = jesp(
         model,
         fscs,
@@ -328,6 +457,7 @@ def _run_restart(
         deadline=deadline,
         rng=rng,
         on_progress=progress if on_progress is not None else None,
+        on_accept=report if reports is not None else None,
         **options,
     )
     best_fscs, best_value = run.fscs, run.value
@@ -335,6 +465,7 @@ def _run_restart(
     for kick in range(kicks):  # iterated local search: perturb one agent, let JESP repair it
         if deadline is not None and time.monotonic() >= deadline:
             break
+        done_iterations = iterations
         agent = kick % model.num_agents
         kicked = [  # every agent moves: one agent's move alone is undone by the others' BRs
             perturb_fsc(f, model.num_actions[i], max_nodes, rng) for i, f in enumerate(best_fscs)
@@ -346,6 +477,7 @@ def _run_restart(
             deadline=deadline,
             rng=rng,
             first_agent=(agent + 1) % model.num_agents,
+            on_accept=report if reports is not None else None,
             **options,
         )
         iterations += again.iterations
@@ -354,6 +486,7 @@ def _run_restart(
             improved_by_kicks += 1
     summary.update(
         skipped=False,
+        stopped=False,
         initial_value=run.history[0],
         jesp_value=run.value,
         value=best_value,
@@ -389,10 +522,17 @@ def solve(
         restarts: Total number of JESP runs (>= 1). Restart 0 uses ``init``; the others use
             random inits (at most ``min(max_nodes, 5)`` nodes).
         init: One of :data:`~infjesp.inits.INITS`, or ``"auto"`` (default): the portfolio
-            :data:`AUTO_INITS` (restarts 0-3: ``periodic``, ``trajectory``, ``reactive``, ``ma``),
-            then random inits.
+            :data:`AUTO_INITS` (restarts 0-4: ``periodic``, ``resync``, ``reactive``, ``ma``,
+            ``trajectory``), then random inits.
         seed: Restart ``r`` uses ``numpy.random.default_rng([seed, r])``.
         time_limit: Total wall-clock budget in seconds shared by all runs; None for no limit.
+            With ``workers >= 2`` (and ``restarts >= 2``) solve returns by ``time_limit +
+            TIME_LIMIT_SLACK_S`` (2 s) however long a best response takes: runs still going
+            are stopped and their best joint FSC so far (reported after every accepted best
+            response) competes. In-process (``workers == 1``) the stop is cooperative: no best
+            response starts after a run's deadline and each one keeps a reserve for its
+            extraction (:func:`infjesp.extract.best_response`), so it can overrun by the last
+            solver sweep and one extraction.
             A run starting with ``w`` runs (itself included) still waiting for a worker gets
             ``slots / w`` of the time left (``slots = min(workers, restarts)``), the last
             ``slots`` runs get all of it; runs not started by the deadline are skipped.
@@ -456,27 +596,34 @@ def solve(
         )
         for r in range(restarts)
     ]
+    bounds: dict[str, Any] = {}
+
+    def compute_bounds() -> None:  # a few seconds on Mars: not after the deadline
+        bounds["constant"] = best_constant_joint_action(model)
+        bounds["upper"] = qmdp_value(model)
+
     if workers == 1 or restarts == 1:
+        compute_bounds()
         outcomes = [_run_restart(*a) for a in arguments]
     else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, restarts), mp_context=context) as pool:
-            futures = [pool.submit(_run_restart, *a) for a in arguments]
-            outcomes = [f.result() for f in futures]
+        outcomes = _run_pool(arguments, min(workers, restarts), deadline, compute_bounds)
     runs = [summary for summary, _ in outcomes]
     best_value, best_fscs, source = -math.inf, None, "blind"
     for summary, fscs in outcomes:
         if fscs is not None and summary["value"] > best_value:
             best_value, best_fscs, source = summary["value"], fscs, f"restart {summary['restart']}"
-    constant_value, _ = best_constant_joint_action(model)
+    constant_value, constant_action = bounds["constant"]
     if best_fscs is None or best_value < constant_value:
-        best_fscs = blind_init(model)
-        best_value = evaluate_value(model, best_fscs)
+        # blind_init(model), whose exact value is the best constant joint action's
+        best_fscs = [
+            FSC.constant(a, model.num_observations[i]) for i, a in enumerate(constant_action)
+        ]
+        best_value = constant_value
         source = "blind"
     return SolveResult(
         fscs=best_fscs,
         value=float(best_value),
-        upper_bound=qmdp_value(model),
+        upper_bound=float(bounds["upper"]),
         fsc_sizes=[f.num_nodes for f in best_fscs],
         iterations=sum(int(s["iterations"]) for s in runs),
         time_s=time.monotonic() - started,
