@@ -165,38 +165,55 @@ def bench_capacity(budget: int, host_budget: int, log: Callable[[str], None] = p
 def bench_traffic(n_layers: int = 8, steps: int = 3, log: Callable[[str], None] = print) -> dict:
     """The ``bench traffic`` contract: fast-tier bytes in + out per steady iteration.
 
-    The fast tier holds 50% of the model data (16 B/param). Static partition cannot run there
-    (its parameters and gradients alone are 50%); its traffic does not depend on the budget, so
-    it is measured at the smallest budget it runs with, which is logged.
+    The fast tier holds 50% of the model data (16 B/param). ``static_bytes`` is the static
+    partition that runs at that budget: ZeRO-Offload (``static``: parameters and gradients
+    pinned on the fast tier) when it fits, else ZeRO-3-Offload (``static-z3``: fetch on use,
+    free after use) — at 50% ZeRO-Offload's parameters and gradients alone fill the tier. Extra
+    keys: ``static_policy`` (which one), ``static_offload_bytes`` and
+    ``static_offload_budget_bytes`` (ZeRO-Offload at the smallest budget it runs with, a
+    multiple of 4 MiB above 50%), and ``lower_bound_bytes`` (``traffic_lower_bound``: no
+    placement policy can move less at this budget).
     """
     params = gpt_config(n_layers).num_params()
     budget = 16 * params // 2
-    out: dict[str, int] = {}
+    out: dict[str, Any] = {}
     engine = run_hetmem(n_layers, HetMemConfig(device_budget=budget, policy="opt"), steps, True)
     out["opt_bytes"] = engine.iteration_traffic[-1]
     belady = engine.belady_bytes()
+    lower_bound = engine.traffic_lower_bound()
+    peak = max(engine.trace.nonmodel)
     engine.close()
     engine = run_hetmem(n_layers, HetMemConfig(device_budget=budget, policy="lru"), steps)
     out["lru_bytes"] = engine.iteration_traffic[-1]
     engine.close()
-    static_budget = budget
+    offload_budget = budget
     while True:
         try:
             engine = run_hetmem(
-                n_layers, HetMemConfig(device_budget=static_budget, policy="static"), steps
+                n_layers, HetMemConfig(device_budget=offload_budget, policy="static"), steps
             )
             break
         except BudgetExceeded:
-            static_budget += 4 << 20
-    out["static_bytes"] = engine.iteration_traffic[-1]
+            offload_budget += 4 << 20
+    offload_bytes = engine.iteration_traffic[-1]
     engine.close()
+    if offload_budget == budget:
+        out["static_bytes"], out["static_policy"] = offload_bytes, "static"
+    else:
+        engine = run_hetmem(n_layers, HetMemConfig(device_budget=budget, policy="static-z3"), steps)
+        out["static_bytes"], out["static_policy"] = engine.iteration_traffic[-1], "static-z3"
+        engine.close()
     out["belady_bytes"] = belady
+    out["lower_bound_bytes"] = lower_bound
+    out["static_offload_bytes"] = offload_bytes
+    out["static_offload_budget_bytes"] = offload_budget
     log(
         f"{n_layers} layers, {params:,} params, model data {16 * params:,} B, fast tier "
-        f"{budget:,} B (static needed {static_budget:,} B)"
+        f"{budget:,} B, activation peak {peak:,} B (ZeRO-Offload needs {offload_budget:,} B)"
     )
-    for key in ("opt_bytes", "lru_bytes", "static_bytes", "belady_bytes"):
-        log(f"  {key:>13}: {out[key]:,} B per steady iteration")
+    for key in ("opt_bytes", "lru_bytes", "static_bytes", "belady_bytes", "lower_bound_bytes"):
+        log(f"  {key:>17}: {out[key]:,} B per steady iteration")
+    log(f"  static partition at this budget: {out['static_policy']}")
     return out
 
 

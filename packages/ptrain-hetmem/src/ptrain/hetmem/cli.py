@@ -105,7 +105,9 @@ def _run_bench(args: argparse.Namespace) -> int:
         result = bench.bench_traffic(args.layers, args.steps)
         print(
             f"opt/belady {result['opt_bytes'] / max(result['belady_bytes'], 1):.3f}, "
-            f"opt/static {result['opt_bytes'] / max(result['static_bytes'], 1):.3f}"
+            f"opt/static {result['opt_bytes'] / max(result['static_bytes'], 1):.3f} "
+            f"({result['static_policy']}), "
+            f"lower bound/static {result['lower_bound_bytes'] / max(result['static_bytes'], 1):.3f}"
         )
         if args.json:
             write_json(args.json, result)
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     trace.add_argument("--layers", type=positive_int, default=4)
     trace.add_argument("--budget", type=_size, default=48 << 20, help="fast tier bytes")
     trace.add_argument("--steps", type=positive_int, default=3)
-    trace.add_argument("--policy", choices=("opt", "lru", "static"), default="opt")
+    trace.add_argument("--policy", choices=("opt", "lru", "static", "static-z3"), default="opt")
     trace.add_argument("--csv", default=None, help="write one row per moment")
     trace.add_argument("--plot", default=None, help="write a PNG (needs matplotlib)")
     add_json_argument(trace)

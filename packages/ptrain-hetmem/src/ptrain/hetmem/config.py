@@ -26,7 +26,7 @@ _UNITS = {
 }
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 
-Policy = Literal["opt", "lru", "static"]
+Policy = Literal["opt", "lru", "static", "static-z3"]
 Mode = Literal["fp32", "mixed"]
 
 
@@ -124,7 +124,9 @@ class HetMemConfig:
         chunk_size: elements per chunk, or ``"auto"`` (minimise wasted bytes, see ``plan``).
         policy: ``"opt"`` (evict the chunk used furthest in the future, from the warm-up trace),
             ``"lru"`` (least recently used), ``"static"`` (ZeRO-Offload: parameters and
-            gradients fixed on the fast tier, Adam states on the host, Adam on the host).
+            gradients fixed on the fast tier, Adam states on the host, Adam on the host),
+            ``"static-z3"`` (ZeRO-3-Offload: everything lives on the host; a chunk is fetched
+            when a module needs it and freed after use, Adam on the host).
         tiers: the tiers below the fast one, fastest first (default: one unbounded cpu tier).
         device: ``"auto"`` (``cuda`` when available, else the budgeted arena), ``"arena"`` or
             ``"cuda"``.
@@ -133,6 +135,9 @@ class HetMemConfig:
         headroom: bytes kept free on the fast tier beyond the traced non-model peak.
         hybrid_adam: run a chunk group's Adam on the fast tier when its states are there or
             fit in the free margin after backward; otherwise on the host tier.
+        resident_groups: after warm-up, keep as many whole chunk groups (parameters,
+            gradients and Adam states) on the fast tier as the warm-up trace shows always fit
+            (``opt``/``lru``, one process); they move no bytes and step there.
         search_range: chunk sizes tried by the automatic search, in elements above the largest
             parameter.
         search_interval: step of the automatic search, in elements.
@@ -146,6 +151,7 @@ class HetMemConfig:
     mode: Mode = "fp32"
     headroom: int | str = 0
     hybrid_adam: bool = True
+    resident_groups: bool = True
     search_range: int = 1 << 20
     search_interval: int = 1024
 
@@ -162,9 +168,10 @@ class HetMemConfig:
                 f"HetMemConfig.chunk_size must be 'auto' or a positive int of elements, "
                 f"got {self.chunk_size!r}"
             )
-        if self.policy not in ("opt", "lru", "static"):
+        if self.policy not in ("opt", "lru", "static", "static-z3"):
             raise ValueError(
-                f"HetMemConfig.policy must be 'opt', 'lru' or 'static', got {self.policy!r}"
+                "HetMemConfig.policy must be 'opt', 'lru', 'static' or 'static-z3', got "
+                f"{self.policy!r}"
             )
         if self.mode not in ("fp32", "mixed"):
             raise ValueError(f"HetMemConfig.mode must be 'fp32' or 'mixed', got {self.mode!r}")

@@ -81,8 +81,8 @@ class _Group:
 def minimum_device_budget(chunk_size: int, mode: str, policy: str, num_groups: int) -> int:
     """The smallest fast-tier capacity (bytes, before activations) the engine can run with.
 
-    Dynamic policies need one module's PARAM chunk and (fp32) GRAD chunk at once; static keeps
-    every PARAM and GRAD chunk resident.
+    Dynamic policies and ``static-z3`` need one module's PARAM chunk and (fp32) GRAD chunk at
+    once; ``static`` keeps every PARAM and GRAD chunk resident.
     """
     per_group = chunk_size * 4 * 2 if mode == "fp32" else chunk_size * 2
     return per_group * (num_groups if policy == "static" else 1)
@@ -111,7 +111,7 @@ class HetMemEngine:
         self.rank = dist.get_rank() if self.world > 1 else 0
         if self.world > 1 and config.mode != "fp32":
             raise NotSupportedError("ZeRO data parallel is implemented for mode='fp32' only")
-        if self.world > 1 and config.policy == "static":
+        if self.world > 1 and config.policy in ("static", "static-z3"):
             raise NotSupportedError("ZeRO data parallel needs policy 'opt' or 'lru'")
         self.param_dtype = torch.float32 if config.mode == "fp32" else torch.bfloat16
         self.module_lists: list[ModuleParams] = module_param_lists(model)
@@ -144,6 +144,7 @@ class HetMemEngine:
         self._bound: dict[int, str] = {}
         self._unwritten: dict[str, set[str]] = {}
         self.margin_groups = 0
+        self.resident_groups = 0
         self._headroom = config.headroom_bytes
         self.params: dict[str, nn.Parameter] = dict(model.named_parameters())
         self.shapes = {name: p.shape for name, p in self.params.items()}
@@ -490,7 +491,7 @@ class HetMemEngine:
         if self.record_events:
             budget = self._chunk_budget()
             self.event_budgets.append(budget if budget is not None else 1 << 62)
-        if not self.warmup and self.config.policy != "static":
+        if not self.warmup and self.config.policy in ("opt", "lru"):
             budget = self._chunk_budget()
             if budget is not None and self.fast.used > budget:
                 for victim in self._victims(self.fast, set()):
@@ -507,6 +508,14 @@ class HetMemEngine:
     def _end_moment(self) -> None:
         if self.warmup:
             self.trace.fast_chunk_bytes.append(self.fast.used)
+        if self.record_events and self.resident_groups and self.event_budgets:
+            # resident chunks are fixed: the replay places the others in what they leave
+            pinned = sum(
+                c.nbytes
+                for c in self.chunks.values()
+                if c.pinned_tier == self.fast.name and c.tier is self.fast
+            )
+            self.event_budgets[-1] -= pinned
         self.tide.append((self.iteration, self.stage, self.fast.nonmodel, self.fast.used))
 
     def _on_nonmodel(self, live: int) -> None:
@@ -648,16 +657,26 @@ class HetMemEngine:
         chunk = self.param_chunk[names[0]]
         chunk.set_state(_S.HOLD_AFTER_FWD, names)
         self._unbind(names)
-        if self.warmup and self.config.policy != "static" and not chunk.remote:
+        if self._frees_after_use and not chunk.remote:
             self._evict_after_use(chunk)
         self._release_remote()
 
+    @property
+    def _frees_after_use(self) -> bool:
+        """Warm-up (the budget for activations is not known yet) and ``static-z3`` keep the fast
+        tier minimal: a chunk leaves as soon as its module is done with it."""
+        policy = self.config.policy
+        return policy == "static-z3" or (self.warmup and policy != "static")
+
     def _evict_after_use(self, chunk: Chunk) -> None:
-        """Warm-up: keep the fast tier minimal (the budget for activations is not known yet)."""
+        """Moves ``chunk`` off the fast tier unless it is in use or pinned there. After warm-up
+        (``static-z3``) a chunk the very next module uses stays: a chunk spans several modules,
+        and ZeRO-3-Offload fetches each parameter once per pass, not once per module."""
         if (
             chunk.tier is self.fast
             and not chunk.has_state(_S.COMPUTE)
             and chunk.pinned_tier is None
+            and (self.warmup or self.trace.next_use(chunk.label, self.moment) > self.moment + 1)
         ):
             self._evict(chunk, set())
 
@@ -701,7 +720,7 @@ class HetMemEngine:
         param.grad = None
         grp.param.set_state(_S.HOLD_AFTER_BWD, [name])
         self._unbind([name])
-        if self.warmup and self.config.policy != "static":
+        if self._frees_after_use:
             for c in (grp.param, grp.grad):
                 if c is not None and not c.remote:
                     self._evict_after_use(c)
@@ -800,9 +819,9 @@ class HetMemEngine:
         """Hybrid Adam (PatrickStar's margin rule): a group's Adam runs on the fast tier when
         its states are already there or the group is among the first ``margin_groups``; else
         on the host."""
-        if self.config.policy == "static":
+        if self.config.policy in ("static", "static-z3"):
             return self.host
-        if grp.exp_avg.tier is self.fast:
+        if grp.exp_avg.tier is self.fast or grp.exp_avg.pinned_tier == self.fast.name:
             return self.fast
         if self.config.hybrid_adam and not self.warmup and grp.param.group < self.margin_groups:
             return self.fast
@@ -824,6 +843,72 @@ class HetMemEngine:
         margin = capacity - max(self.trace.nonmodel, default=0) - self._headroom - compute
         self.margin_groups = max(0, margin // states)
 
+    def _plan_residency(self) -> None:
+        """After warm-up: pin the first ``k`` chunk groups (PARAM, GRAD and Adam states) on the
+        fast tier for good — they move nothing and their Adam runs there — with ``k`` the
+        largest for which, at every traced moment, their bytes (gradients from their first
+        backward access to their Adam step), the chunks that moment computes with, the tide's
+        non-model bytes and the headroom fit the capacity. The bound in
+        ``traffic_lower_bound`` shows why this is the missing half of OPT: once every PARAM
+        chunk can stay through the activation peak, only whole resident groups save more."""
+        self.resident_groups = 0
+        capacity = self.fast.capacity
+        if (
+            not self.config.resident_groups
+            or self.config.policy not in ("opt", "lru")
+            or self.world > 1
+            or not self.trace.total
+        ):
+            return
+        if capacity is None:
+            return
+        total = self.trace.total
+        nonmodel = [
+            max(self.trace.nonmodel[t], self.trace.nonmodel[(t + 1) % total]) for t in range(total)
+        ]
+        first_use: dict[str, int] = {}
+        last_use: dict[str, int] = {}
+        for moment, labels in enumerate(self.trace.accesses):
+            for label in labels:
+                first_use.setdefault(label, moment)
+                last_use[label] = moment
+
+        def working(t: int, resident: set[str]) -> int:
+            if self.trace.stages[t] == "adam":
+                return 0
+            return sum(
+                self.chunks[label].nbytes
+                for label in self.trace.accesses[t]
+                if label not in resident
+            )
+
+        best = 0
+        for k in range(1, len(self.groups) + 1):
+            chosen = self.groups[:k]
+            resident = {c.label for g in chosen for c in g.chunks()}
+            fixed = sum(c.nbytes for g in chosen for c in g.chunks() if c is not g.grad)
+            grads = [
+                (first_use.get(g.grad.label, 0), last_use.get(g.grad.label, total), g.grad.nbytes)
+                for g in chosen
+                if g.grad is not None
+            ]
+            # a group is worth making resident only with every other PARAM chunk kept through
+            # the activation peak (see traffic_lower_bound): that is the cheaper use of room
+            others = sum(g.param.nbytes for g in self.groups[k:])
+            ok = fixed + others + max(nonmodel) + self._headroom <= capacity
+            for t in range(total if ok else 0):
+                live = sum(n for first, last, n in grads if first <= t <= last)
+                if fixed + live + nonmodel[t] + working(t, resident) + self._headroom > capacity:
+                    ok = False
+                    break
+            if not ok:
+                break
+            best = k
+        self.resident_groups = best
+        for grp in self.groups[:best]:
+            for chunk in grp.chunks():
+                chunk.pinned_tier = self.fast.name
+
     def _adam_group(self, grp: _Group) -> None:
         tier = self._adam_tier(grp)
         grad_source = grp.grad if grp.grad is not None else grp.param
@@ -835,7 +920,12 @@ class HetMemEngine:
             if chunk is grp.grad and chunk.block is None:
                 self._allocate(chunk, self.fast if tier is self.fast else tier)
                 chunk.set_state(_S.HOLD_AFTER_BWD)
-            if chunk.pinned_tier is not None and chunk.tier is not None and chunk.tier is not tier:
+            if (
+                chunk.pinned_tier is not None
+                and chunk.pinned_tier != tier.name
+                and chunk.tier is not None
+                and chunk.tier is not tier
+            ):
                 # static partition: stream a copy to the Adam tier, keep the chunk in place
                 if chunk.shadow is not None and chunk.shadow.tier is tier:
                     block = chunk.shadow  # the clean copy of last step's parameters
@@ -916,14 +1006,53 @@ class HetMemEngine:
             self.trace.finalize()
             self.warmup = False
             self._update_margin()
+            self._plan_residency()
         self.iteration += 1
 
     # ------------------------------------------------------------------ reports
     def belady_bytes(self) -> int:
-        """Offline Belady traffic for the last recorded iteration (``record_events=True``)."""
+        """Offline Belady traffic for the last recorded iteration (``record_events=True``); the
+        resident groups' chunks stay where they are (their room is taken off each budget)."""
+        pinned = {c.label for c in self.chunks.values() if c.pinned_tier == self.fast.name}
         return belady_traffic(
-            self.events, self.event_budgets, self.event_initial_fast, self.event_initial_clean
+            [e for e in self.events if e.label not in pinned],
+            self.event_budgets,
+            self.event_initial_fast - pinned,
+            self.event_initial_clean - pinned,
         )
+
+    def traffic_lower_bound(self) -> int | None:
+        """A lower bound on the fast-tier bytes (in + out) per steady iteration of ANY placement
+        policy for this chunk layout, budget and warm-up trace (``None`` before the trace, with
+        an unbounded fast tier, or under ZeRO).
+
+        Take the moment ``t*`` of the traced non-model peak (end of forward), where chunks may
+        use ``c = capacity - peak - headroom`` bytes. Let ``p`` be the PARAM chunks' bytes and
+        ``s`` the bytes of their optimizer-state chunks (m, v and the fp32 master in mixed
+        mode). For a parameter chunk, every placement falls in one of three classes:
+
+        - *resident* (PARAM and its states on the fast tier all step): moves nothing; needs
+          its PARAM and state bytes at ``t*``;
+        - *kept through the peak* (PARAM on the fast tier at ``t*``, some state not): its
+          gradient must go down and the updated parameter come up (or the missing states go
+          up and down, at least as much): ``2p``; needs its PARAM bytes at ``t*``;
+        - otherwise it must also come up again for backward: ``3p``; needs nothing at ``t*``.
+
+        (Keeping the states at ``t*`` but not the PARAM costs ``2p`` like the second class with
+        more room, so it never helps.) Minimising the bytes moved under the room at ``t*`` is a
+        fractional knapsack: keep PARAM chunks through the peak first (saves one byte per byte
+        of room), then make them resident (saves ``2p`` for ``s`` more bytes). Whole chunks
+        only make it worse, so ``3p - min(c, p) - 2p * min(1, max(0, c - p) / s)`` is a bound.
+        For fp32 (``s = 2p``) it is simply ``3p - c``.
+        """
+        capacity = self.fast.capacity
+        if capacity is None or self.warmup or self.world > 1 or not self.trace.nonmodel:
+            return None
+        room = max(0, capacity - max(self.trace.nonmodel) - self._headroom)
+        p = sum(g.param.nbytes for g in self.groups)
+        s = sum(c.nbytes for g in self.groups for c in (g.master, g.exp_avg, g.exp_avg_sq) if c)
+        saved = min(room, p) + 2 * p * min(1.0, max(0, room - p) / s)
+        return max(0, int(3 * p - saved))
 
     def memory_report(self) -> dict[str, Any]:
         """Per tier: capacity, peak, bytes in/out; plus moves and chunk facts."""
