@@ -145,6 +145,7 @@ class HetMemEngine:
         self._unwritten: dict[str, set[str]] = {}
         self.margin_groups = 0
         self.resident_groups = 0
+        self._in_backward = False
         self._headroom = config.headroom_bytes
         self.params: dict[str, nn.Parameter] = dict(model.named_parameters())
         self.shapes = {name: p.shape for name, p in self.params.items()}
@@ -637,7 +638,8 @@ class HetMemEngine:
             param.data = self._empty
 
     def _pre_forward(self, names: list[str]) -> None:
-        self._tick("fwd")
+        # inside backward this is activation checkpointing's re-forward: a backward moment
+        self._tick("bwd" if self._in_backward else "fwd")
         chunk = self.param_chunk[names[0]]
         if self.world > 1:
             self._gather(chunk.group)
@@ -648,6 +650,11 @@ class HetMemEngine:
         self._end_moment()
 
     def _post_forward(self, names: list[str], output: Any) -> None:
+        if self._in_backward:
+            # activation checkpointing's re-forward: autograd now holds views of these
+            # parameters, so the chunk stays in COMPUTE (bound, immovable) until the module's
+            # own backward is done with it (``_post_grad``)
+            return
         # pre-backward: a hook on the module's output gradient (cheaper than a full backward
         # hook); it fires once the gradient of the output is complete, before the module's own
         # backward runs
@@ -774,9 +781,11 @@ class HetMemEngine:
                 "backward"
             )
         self.stage = "bwd"
+        self._in_backward = True
         try:
             loss.backward()
         finally:
+            self._in_backward = False
             self._close_tracer()
         for grp in self.groups:
             for slot in grp.param.slots:
