@@ -572,3 +572,28 @@ def test_run_deadline_shares_the_time_left_between_waiting_runs() -> None:
     assert _run_deadline(100.0, 0.0, 0, 1, 4) == pytest.approx(25.0)
     assert _run_deadline(100.0, 25.0, 1, 1, 4) == pytest.approx(50.0)  # 75 s left, 3 runs
     assert _run_deadline(100.0, 0.0, 0, 1, 1) == 100.0
+
+
+@needs_data
+def test_in_process_solve_also_stops_hard_at_the_time_limit() -> None:
+    from infjesp.jesp import TIME_LIMIT_SLACK_S
+
+    model = _load("dectiger")
+    started = time.monotonic()
+    result = solve(
+        model,
+        restarts=2,
+        init="blind",
+        workers=1,
+        time_limit=1.0,
+        max_nodes=1,
+        best_response=_improve_then_hang,
+    )
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.0 + TIME_LIMIT_SLACK_S + 1.0  # not the 120 s of the hung response
+    assert result.value == -19.0  # agent 0's accepted improvement, then agent 1 hung
+    first, second = result.runs
+    assert first["stopped"] and not first["skipped"] and first["iterations"] == 1
+    assert second["skipped"]
+    # the alarm is gone: a later sleep is not interrupted
+    time.sleep(TIME_LIMIT_SLACK_S + 0.2)

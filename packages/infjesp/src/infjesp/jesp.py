@@ -22,6 +22,8 @@ import itertools
 import math
 import multiprocessing
 import queue
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -379,27 +381,90 @@ def _run_pool(
     for r, future in enumerate(futures):
         if future not in pending:
             outcomes.append(future.result())
-            continue
-        restart, init = arguments[r][1], arguments[r][2]
-        item = latest.get(restart)
-        if item is None:  # never started (or stopped before its init was evaluated)
-            summary = {"restart": restart, "init": _restart_init(init, restart)}
-            summary.update(skipped=True, stopped=True, iterations=0, time_s=0.0)
-            outcomes.append((summary, None))
-            continue
-        _, init_name, value, fscs, iterations, started = item
-        summary = {
-            "restart": restart,
-            "init": init_name,
-            "skipped": False,
-            "stopped": True,
-            "value": value,
-            "iterations": iterations,
-            "converged": False,
-            "fsc_sizes": [f.num_nodes for f in fscs],
-            "time_s": now - started,
-        }
-        outcomes.append((summary, fscs))
+        else:
+            outcomes.append(_stopped_outcome(arguments[r], latest, now))
+    return outcomes
+
+
+def _stopped_outcome(
+    argument: tuple[Any, ...], latest: dict[int, tuple[Any, ...]], now: float
+) -> tuple[dict[str, Any], list[FSC] | None]:
+    """A run stopped at the hard stop: its last reported incumbent (or ``skipped``)."""
+    restart, init = argument[1], argument[2]
+    item = latest.get(restart)
+    if item is None:  # never started (or stopped before its init was evaluated)
+        summary = {"restart": restart, "init": _restart_init(init, restart)}
+        summary.update(skipped=True, stopped=True, iterations=0, time_s=0.0)
+        return summary, None
+    _, init_name, value, fscs, iterations, started = item
+    summary = {
+        "restart": restart,
+        "init": init_name,
+        "skipped": False,
+        "stopped": True,
+        "value": value,
+        "iterations": iterations,
+        "converged": False,
+        "fsc_sizes": [f.num_nodes for f in fscs],
+        "time_s": now - started,
+    }
+    return summary, fscs
+
+
+class _HardStop(BaseException):
+    """Raised by the SIGALRM handler of an in-process solve at the hard stop (a BaseException,
+    so that no ``except Exception`` on the way swallows it)."""
+
+
+class _Incumbents:
+    """The in-process stand-in for the workers' report queue: the best item per restart."""
+
+    def __init__(self) -> None:
+        self.latest: dict[int, tuple[Any, ...]] = {}
+
+    def put(self, item: tuple[Any, ...]) -> None:
+        if item[0] not in self.latest or item[2] > self.latest[item[0]][2]:
+            self.latest[item[0]] = item
+
+
+def _can_interrupt() -> bool:
+    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+
+
+def _run_in_process(
+    arguments: list[tuple[Any, ...]], deadline: float | None
+) -> list[tuple[dict[str, Any], list[FSC] | None]]:
+    """The restarts one after the other in this process, returning by ``deadline +
+    TIME_LIMIT_SLACK_S`` when this is the main thread of a POSIX process (a SIGALRM interrupts
+    the run still going, which is then represented by its last accepted incumbent, like a
+    stopped worker); elsewhere the stop is only cooperative."""
+    global _REPORTS
+    if deadline is None or not _can_interrupt():
+        return [_run_restart(*a) for a in arguments]
+    incumbents = _Incumbents()
+
+    def on_alarm(_signum: int, _frame: Any) -> None:
+        raise _HardStop
+
+    previous_reports, _REPORTS = _REPORTS, incumbents
+    previous_handler = signal.signal(signal.SIGALRM, on_alarm)
+    outcomes: list[tuple[dict[str, Any], list[FSC] | None]] = []
+    try:
+        signal.setitimer(
+            signal.ITIMER_REAL, max(0.001, deadline + TIME_LIMIT_SLACK_S - time.monotonic())
+        )
+        for argument in arguments:
+            try:
+                outcomes.append(_run_restart(*argument))
+            except _HardStop:
+                break
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous_handler)
+        _REPORTS = previous_reports
+    now = time.monotonic()
+    for argument in arguments[len(outcomes) :]:
+        outcomes.append(_stopped_outcome(argument, incumbents.latest, now))
     return outcomes
 
 
@@ -526,12 +591,14 @@ def solve(
             ``trajectory``), then random inits.
         seed: Restart ``r`` uses ``numpy.random.default_rng([seed, r])``.
         time_limit: Total wall-clock budget in seconds shared by all runs; None for no limit.
-            With ``workers >= 2`` (and ``restarts >= 2``) solve returns by ``time_limit +
-            TIME_LIMIT_SLACK_S`` (2 s) however long a best response takes: runs still going
-            are stopped and their best joint FSC so far (reported after every accepted best
-            response) competes. In-process (``workers == 1``) the stop is cooperative: no best
-            response starts after a run's deadline and each one keeps a reserve for its
-            extraction (:func:`infjesp.extract.best_response`), so it can overrun by the last
+            solve returns by ``time_limit + TIME_LIMIT_SLACK_S`` (2 s) however long a best
+            response takes: runs still going are stopped and their best joint FSC so far
+            (reported after every accepted best response) competes — worker processes are
+            terminated (``workers >= 2`` and ``restarts >= 2``), an in-process run is
+            interrupted by a SIGALRM (main thread, POSIX). Before that, the stop is
+            cooperative: no best response starts after a run's deadline and each one keeps a
+            reserve for its extraction (:func:`infjesp.extract.best_response`). Called from
+            another thread (or without SIGALRM) an in-process run can overrun by the last
             solver sweep and one extraction.
             A run starting with ``w`` runs (itself included) still waiting for a worker gets
             ``slots / w`` of the time left (``slots = min(workers, restarts)``), the last
@@ -604,7 +671,7 @@ def solve(
 
     if workers == 1 or restarts == 1:
         compute_bounds()
-        outcomes = [_run_restart(*a) for a in arguments]
+        outcomes = _run_in_process(arguments, deadline)
     else:
         outcomes = _run_pool(arguments, min(workers, restarts), deadline, compute_bounds)
     runs = [summary for summary, _ in outcomes]
