@@ -255,10 +255,16 @@ def test_solve_time_limit_skips_runs_that_cannot_start() -> None:
 
 
 @needs_data
-def test_solve_hard_stop_returns_the_incumbent_of_a_run_that_overruns() -> None:
+def test_solve_hard_stop_returns_the_incumbent_of_a_run_that_overruns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import multiprocessing
 
     from infjesp.jesp import TIME_LIMIT_SLACK_S
+
+    # spawned workers unpickle _improve_then_hang by this module's importlib-mode name
+    # (packages.infjesp.tests.test_jesp): they need the repository root on sys.path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[3]))
 
     model = _load("dectiger")  # blind init: -20; agent 0's "best response" makes it -19
     started = time.monotonic()
