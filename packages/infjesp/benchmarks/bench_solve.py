@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--data", type=Path, default=_default_data())
-    parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per problem (60)")
+    # the goals are <= 60 s and <= 10 min per problem; solve() may add TIME_LIMIT_SLACK_S (2 s)
+    parser.add_argument("--time-limit", type=float, default=55.0, help="seconds per problem (55)")
     parser.add_argument("--workers", type=int, default=2, help="processes (2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="10 s per problem")
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="solve GridSmall and Mars instead, with --large-time-limit each",
     )
-    parser.add_argument("--large-time-limit", type=float, default=600.0, help="seconds (600)")
+    parser.add_argument("--large-time-limit", type=float, default=590.0, help="seconds (590)")
     args = parser.parse_args(argv)
     limit = 10.0 if args.quick else args.time_limit
     problems = PROBLEMS
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 "metrics": metrics,
                 "meta": {
                     "command": "python packages/infjesp/benchmarks/bench_solve.py"
-                    + (" --large" if args.large else "")
+                    + (f" --large --large-time-limit {limit:g}" if args.large else "")
                     + (" --quick" if args.quick and not args.large else "")
                     + (f" --time-limit {limit:g}" if not (args.quick or args.large) else "")
                     + f" --workers {args.workers}",
