@@ -20,13 +20,7 @@ from ptrain.core.testing import run_distributed
 CONFIG = GPTConfig.debug()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and steadier on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -13,7 +13,6 @@ import os
 from typing import Any
 
 import pytest
-import torch
 
 from ptrain.core.dist import ParallelDims
 from ptrain.core.models.gpt import GPT, GPTConfig
@@ -38,13 +37,7 @@ LAYOUTS: list[tuple[str, dict[str, int], dict[str, Any], str, int]] = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and steadier on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _settings(optimizer: str, steps: int = STEPS) -> TrainSettings:

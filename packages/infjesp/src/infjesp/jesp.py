@@ -324,6 +324,18 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
 
 
+class _Incumbents:
+    """The best reported incumbent per restart (fed from the workers' queue, or directly by
+    an in-process run)."""
+
+    def __init__(self) -> None:
+        self.latest: dict[int, tuple[Any, ...]] = {}
+
+    def put(self, item: tuple[Any, ...]) -> None:
+        if item[0] not in self.latest or item[2] > self.latest[item[0]][2]:
+            self.latest[item[0]] = item
+
+
 def _run_pool(
     arguments: list[tuple[Any, ...]],
     workers: int,
@@ -339,16 +351,14 @@ def _run_pool(
     """
     context = multiprocessing.get_context("spawn")
     reports = context.Queue()
-    latest: dict[int, tuple[Any, ...]] = {}
+    latest = _Incumbents()
 
     def drain() -> None:
         while True:
             try:
-                item = reports.get_nowait()
+                latest.put(reports.get_nowait())
             except queue.Empty:
                 return
-            if item[0] not in latest or item[2] > latest[item[0]][2]:
-                latest[item[0]] = item
 
     pool = ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(reports,)
@@ -382,7 +392,7 @@ def _run_pool(
         if future not in pending:
             outcomes.append(future.result())
         else:
-            outcomes.append(_stopped_outcome(arguments[r], latest, now))
+            outcomes.append(_stopped_outcome(arguments[r], latest.latest, now))
     return outcomes
 
 
@@ -414,17 +424,6 @@ def _stopped_outcome(
 class _HardStop(BaseException):
     """Raised by the SIGALRM handler of an in-process solve at the hard stop (a BaseException,
     so that no ``except Exception`` on the way swallows it)."""
-
-
-class _Incumbents:
-    """The in-process stand-in for the workers' report queue: the best item per restart."""
-
-    def __init__(self) -> None:
-        self.latest: dict[int, tuple[Any, ...]] = {}
-
-    def put(self, item: tuple[Any, ...]) -> None:
-        if item[0] not in self.latest or item[2] > self.latest[item[0]][2]:
-            self.latest[item[0]] = item
 
 
 def _can_interrupt() -> bool:

@@ -511,12 +511,9 @@ class HetMemEngine:
             self.trace.fast_chunk_bytes.append(self.fast.used)
         if self.record_events and self.resident_groups and self.event_budgets:
             # resident chunks are fixed: the replay places the others in what they leave
-            pinned = sum(
-                c.nbytes
-                for c in self.chunks.values()
-                if c.pinned_tier == self.fast.name and c.tier is self.fast
+            self.event_budgets[-1] -= sum(
+                c.nbytes for c in self.chunks.values() if self._resident(c) and c.tier is self.fast
             )
-            self.event_budgets[-1] -= pinned
         self.tide.append((self.iteration, self.stage, self.fast.nonmodel, self.fast.used))
 
     def _on_nonmodel(self, live: int) -> None:
@@ -830,7 +827,7 @@ class HetMemEngine:
         on the host."""
         if self.config.policy in ("static", "static-z3"):
             return self.host
-        if grp.exp_avg.tier is self.fast or grp.exp_avg.pinned_tier == self.fast.name:
+        if grp.exp_avg.tier is self.fast or self._resident(grp.exp_avg):
             return self.fast
         if self.config.hybrid_adam and not self.warmup and grp.param.group < self.margin_groups:
             return self.fast
@@ -851,6 +848,10 @@ class HetMemEngine:
         )
         margin = capacity - max(self.trace.nonmodel, default=0) - self._headroom - compute
         self.margin_groups = max(0, margin // states)
+
+    def _resident(self, chunk: Chunk) -> bool:
+        """Pinned on the fast tier (a resident group's chunk, or static's PARAM/GRAD)."""
+        return chunk.pinned_tier == self.fast.name
 
     def _plan_residency(self) -> None:
         """After warm-up: pin the first ``k`` chunk groups (PARAM, GRAD and Adam states) on the
@@ -1022,7 +1023,7 @@ class HetMemEngine:
     def belady_bytes(self) -> int:
         """Offline Belady traffic for the last recorded iteration (``record_events=True``); the
         resident groups' chunks stay where they are (their room is taken off each budget)."""
-        pinned = {c.label for c in self.chunks.values() if c.pinned_tier == self.fast.name}
+        pinned = {c.label for c in self.chunks.values() if self._resident(c)}
         return belady_traffic(
             [e for e in self.events if e.label not in pinned],
             self.event_budgets,
@@ -1153,9 +1154,7 @@ class HetMemEngine:
                     if chunk.remote:
                         continue
                     if chunk.block is None:
-                        self._allocate(
-                            chunk, self.host if chunk.pinned_tier != self.fast.name else self.fast
-                        )
+                        self._allocate(chunk, self.fast if self._resident(chunk) else self.host)
                         chunk.set_state(_S.HOLD)
                     self._written(chunk)
                     chunk.view(name).copy_(tensor)
